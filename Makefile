@@ -1,0 +1,59 @@
+# Two commands matter: `make run` (the main job on the embedded demo data) and `make test`.
+# Every target sets up .venv from the committed lock first; nothing is installed by hand.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := run
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.synced
+
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON := $(PYTHON)
+export UV_LINK_MODE := copy
+export DVC_NO_ANALYTICS := 1
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup run test lint format bench clean
+
+## setup: create or update .venv from uv.lock (quick when nothing changed)
+setup: $(STAMP)
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --all-extras
+	touch $@
+
+## run: the main job on the embedded default (synthetic AIDER-like data)
+run: setup
+	dvc repro
+	aider-edge cache
+
+## test: lint, then the test suite
+test: setup lint
+	$(BIN)/python -m pytest
+
+## lint: ruff lint + format check
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## format: apply ruff's fixes and formatting
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+## bench: the performance benchmarks (results in benchmarks/results/)
+bench: setup
+	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache

@@ -1,0 +1,377 @@
+"""Typed, validated ``params.yaml``.
+
+Every stage loads its knobs through :func:`load_params`. The models forbid unknown keys and use
+strict types, so a typo or a quoted number fails at load time with one line that names the key,
+the bad value and what is allowed, instead of surfacing as a confusing error mid-training.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from aider_edge.errors import ConfigError
+
+AIDER_CLASSES = ("collapsed_building", "fire", "flooded_areas", "traffic_incident", "normal")
+PROPORTION_TOLERANCE = 1e-6
+
+
+class _KeyedError(ValueError):
+    """A cross-section check that knows which key it is about (pydantic would report the root)."""
+
+    def __init__(self, loc: tuple[str, ...], value: Any, message: str) -> None:
+        super().__init__(message)
+        self.loc, self.value, self.message = loc, value, message
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+class SyntheticConfig(_Section):
+    """The embedded AIDER-like generator (``data.source: synthetic``)."""
+
+    per_class: PositiveInt = 1000
+    """Images generated per class; the default covers the demo scenarios plus val and test."""
+    image_size: Annotated[int, Field(ge=32, le=1024)] = 128
+    """Native size of the generated frames (resized to ``data.image_size`` for training)."""
+    format: Literal["png", "jpg"] = "jpg"
+
+
+class DataConfig(_Section):
+    source: Literal["synthetic", "folder", "archive"] = "synthetic"
+    path: str = "data/source"
+    """Folder of class folders (``folder``), or a local archive path or http(s) URL (``archive``)."""
+    sha256: str | None = None
+    """Required for an archive URL; checked for a local archive when given."""
+    classes: list[str] = Field(default_factory=lambda: list(AIDER_CLASSES), min_length=2)
+    image_size: Annotated[int, Field(ge=32, le=1024)] = 64
+    """Training and evaluation resolution (square, pixels)."""
+    max_pixels: PositiveInt = 40_000_000
+    """Images larger than this are rejected as decompression bombs."""
+    max_archive_bytes: PositiveInt = 20 * 1024**3
+    """An archive that would expand beyond this many bytes is refused."""
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_names(cls, classes: list[str]) -> list[str]:
+        dupes = sorted({c for c in classes if classes.count(c) > 1})
+        if dupes:
+            raise ValueError(f"class names must be unique, repeated: {', '.join(dupes)}")
+        bad = [c for c in classes if not c or "/" in c or c.startswith(".")]
+        if bad:
+            raise ValueError(f"class names must be plain folder names, got {bad}")
+        return classes
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and (
+            len(value) != 64 or any(ch not in "0123456789abcdef" for ch in value.lower())
+        ):
+            raise ValueError("must be a 64-character hex sha256 digest")
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> DataConfig:
+        if self.source == "synthetic" and not set(self.classes) <= set(AIDER_CLASSES):
+            extra = sorted(set(self.classes) - set(AIDER_CLASSES))
+            raise _KeyedError(
+                ("data", "classes"),
+                extra,
+                f"not drawn by the synthetic source (it has {', '.join(AIDER_CLASSES)}): "
+                "use source 'folder' or 'archive' for other classes",
+            )
+        if (
+            self.source == "archive"
+            and self.path.startswith(("http://", "https://"))
+            and not self.sha256
+        ):
+            raise _KeyedError(
+                ("data", "sha256"),
+                None,
+                "is required for an archive URL so the download is verified",
+            )
+        return self
+
+
+# --- split ----------------------------------------------------------------------------------
+
+
+class StepProfile(_Section):
+    """Step imbalance (Buda et al. 2018): ``minority`` classes at ``minority_ratio`` of the rest.
+
+    The minority classes are the first ``minority`` classes of ``data.classes`` (AIDER lists the
+    emergencies first and ``normal`` last); ``minority`` defaults to all but the last class.
+    """
+
+    profile: Literal["step"]
+    minority_ratio: Annotated[float, Field(gt=0, le=1)]
+    minority: PositiveInt | None = None
+
+
+class ExponentialProfile(_Section):
+    """Long-tailed imbalance (Cui et al. 2019): class sizes decay geometrically.
+
+    The last class of ``data.classes`` is the head and the first the tail; the head holds
+    ``imbalance_ratio`` times as many images as the tail.
+    """
+
+    profile: Literal["exponential"]
+    imbalance_ratio: Annotated[float, Field(ge=1)]
+
+
+ScenarioSpec = list[float] | StepProfile | ExponentialProfile
+
+PAPER_SCENARIOS: dict[str, list[float]] = {
+    "s1": [0.05, 0.05, 0.05, 0.05, 0.80],
+    "s2": [0.05, 0.05, 0.10, 0.10, 0.70],
+    "s3": [0.05, 0.05, 0.20, 0.20, 0.50],
+    "s4": [0.10, 0.10, 0.20, 0.20, 0.40],
+    "s5": [0.20, 0.20, 0.20, 0.20, 0.20],
+}
+
+
+class SplitConfig(_Section):
+    train_size: PositiveInt = 1000
+    val_per_class: PositiveInt = 60
+    test_per_class: PositiveInt = 60
+    scenarios: dict[str, ScenarioSpec] = Field(
+        default_factory=lambda: {k: list(v) for k, v in PAPER_SCENARIOS.items()}, min_length=1
+    )
+
+    @field_validator("scenarios", mode="before")
+    @classmethod
+    def _parse_scenarios(cls, scenarios: Any) -> Any:
+        # Parsed by hand rather than as a pydantic union: a union reports every branch's
+        # complaint, and the user wants one sentence about the scenario they got wrong.
+        if not isinstance(scenarios, dict):
+            return scenarios  # pydantic reports the wrong type
+        return {name: _parse_scenario(name, spec) for name, spec in scenarios.items()}
+
+
+def _parse_scenario(name: Any, spec: Any) -> list[float] | StepProfile | ExponentialProfile:
+    loc = ("split", "scenarios", str(name))
+    if not isinstance(name, str) or not name or not all(ch.isalnum() or ch == "_" for ch in name):
+        # The name becomes a file name and a DVC matrix key (train@<scenario>-<method>).
+        raise _KeyedError(loc, name, "is not a valid scenario name: use letters, digits and '_'")
+    if isinstance(spec, list):
+        if not spec or not all(
+            isinstance(p, int | float) and not isinstance(p, bool) and math.isfinite(p) and p >= 0
+            for p in spec
+        ):
+            raise _KeyedError(loc, spec, "must be a list of finite proportions >= 0")
+        total = float(sum(spec))
+        if abs(total - 1.0) > PROPORTION_TOLERANCE:
+            raise _KeyedError(
+                loc,
+                spec,
+                f"sums to {total:.6g}; proportions must sum to 1 (tolerance {PROPORTION_TOLERANCE:g})",
+            )
+        return [float(p) for p in spec]
+    profiles = {"step": StepProfile, "exponential": ExponentialProfile}
+    kind = spec.get("profile") if isinstance(spec, dict) else None
+    if kind not in profiles:
+        raise _KeyedError(
+            loc,
+            spec,
+            "must be a list of class proportions or a mapping with profile: step "
+            "(minority_ratio, minority) or profile: exponential (imbalance_ratio)",
+        )
+    try:
+        return profiles[kind].model_validate(spec)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise _KeyedError(
+                (*loc, key), first.get("input"), "is not a key of this profile"
+            ) from None
+        raise _KeyedError((*loc, key), first.get("input"), first["msg"]) from None
+
+
+# --- later stages (filled in by the training, export and registry work) ---------------------
+
+
+class ModelConfig(_Section):
+    arch: Literal["mobilenet_v3_large"] = "mobilenet_v3_large"
+    weights: str = "none"
+    """``imagenet`` (torchvision download), ``none``, or a path to a local checkpoint."""
+    projection_dim: PositiveInt = 128
+
+
+class TrainConfig(_Section):
+    methods: list[Literal["baseline", "adaptive", "wce", "supcon_fixed"]] = Field(
+        default_factory=lambda: ["baseline", "adaptive"], min_length=1
+    )
+    epochs: PositiveInt = 8
+    batch_size: Annotated[int, Field(ge=2)] = 32
+    lr: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    patience: NonNegativeInt = 0
+    """Stop after this many epochs without a better validation G-Mean; 0 = run every epoch."""
+    num_threads: NonNegativeInt = 0
+    """torch intra-op threads; 0 = all cores."""
+
+
+class LossConfig(_Section):
+    """The paper's adaptive schedule: tau and lambda follow sigma of the class frequencies."""
+
+    tau0: PositiveFloat = 0.1
+    lambda0: PositiveFloat = 0.5
+    tau_min: PositiveFloat = 0.01
+    tau_max: PositiveFloat = 0.1
+    lambda_min: Annotated[float, Field(ge=0)] = 0.1
+    lambda_max: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _ordered_bounds(self) -> LossConfig:
+        if self.tau_min > self.tau_max:
+            raise _KeyedError(
+                ("loss", "tau_min"), self.tau_min, f"must not exceed tau_max {self.tau_max}"
+            )
+        if self.lambda_min > self.lambda_max:
+            raise _KeyedError(
+                ("loss", "lambda_min"),
+                self.lambda_min,
+                f"must not exceed lambda_max {self.lambda_max}",
+            )
+        return self
+
+
+class ExportConfig(_Section):
+    opset: Annotated[int, Field(ge=17)] = 18
+    int8: bool = True
+
+
+class ValidateConfig(_Section):
+    fp32_atol: PositiveFloat = 1e-4
+    fp32_rtol: PositiveFloat = 1e-3
+    int8_max_g_mean_drop: Annotated[float, Field(ge=0)] = 0.01
+    int8_min_top1_agreement: Annotated[float, Field(ge=0, le=1)] = 0.98
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    """Overridden by the ``MLFLOW_TRACKING_URI`` environment variable when it is set."""
+    experiment: str = "aider-edge"
+
+
+class RegistryConfig(_Section):
+    model_name: str = "aider-edge-classifier"
+
+
+class Params(_Section):
+    seed: NonNegativeInt = 42
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    loss: LossConfig = LossConfig()
+    export: ExportConfig = ExportConfig()
+    validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
+    mlflow: MlflowConfig = MlflowConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    @model_validator(mode="after")
+    def _scenarios_fit_classes(self) -> Params:
+        n = len(self.data.classes)
+        for name, spec in self.split.scenarios.items():
+            if isinstance(spec, list) and len(spec) != n:
+                raise _KeyedError(
+                    ("split", "scenarios", name),
+                    spec,
+                    f"has {len(spec)} proportions but data.classes has {n} classes "
+                    f"({', '.join(self.data.classes)}): give one proportion per class",
+                )
+            if isinstance(spec, StepProfile) and spec.minority is not None and spec.minority >= n:
+                raise _KeyedError(
+                    ("split", "scenarios", name, "minority"),
+                    spec.minority,
+                    f"must be less than the number of classes ({n})",
+                )
+        return self
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; any problem raises :class:`ConfigError` with one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no such params file; run from the project root or pass --params"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_params(raw or {}, source=str(path))
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate an already-parsed mapping (used by tests and by tools that build params)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}"
+        )
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+    except _KeyedError as exc:  # raised from an after-validator and not wrapped by pydantic
+        raise ConfigError(f"{source}: {_keyed(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """Turn pydantic's multi-line report into one line per problem, joined with '; '."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _KeyedError):
+            parts.append(_keyed(ctx_error))
+            continue
+        loc = _dotted(err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key {loc!s} (check the spelling; see params.yaml for the keys)")
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc or '<root>'} = {_short(err.get('input'))}: {message}")
+    return "; ".join(dict.fromkeys(parts))
+
+
+def _keyed(err: _KeyedError) -> str:
+    return f"{_dotted(err.loc)} = {_short(err.value)}: {err.message}"
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,197 @@
+"""Fetch a dataset archive (local path or http(s) URL), verify it, and extract it safely.
+
+An archive from the internet is untrusted input. Extraction refuses, before writing anything that
+stays, entries that would land outside the target (``..``, absolute paths), links of any kind
+(a link can point anywhere; datasets do not need them), device files and FIFOs, and archives that
+expand beyond ``max_bytes`` (counted while copying, not taken from headers, which can lie).
+Everything is extracted into a temporary folder that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from aider_edge import atomic
+from aider_edge.errors import DataError
+
+CHUNK = 1 << 20
+
+
+def fetch_archive(source: str, sha256: str | None, dest_dir: Path) -> Path:
+    """Return a verified local copy of the archive: downloaded for a URL, the file itself otherwise."""
+    if source.startswith(("http://", "https://")):
+        if not sha256:
+            raise DataError(f"an archive URL needs data.sha256 to be verified: set it for {source}")
+        name = PurePosixPath(urllib.request.urlparse(source).path).name or "archive"
+        target = Path(dest_dir) / name
+        _download(source, target)
+    else:
+        target = Path(source)
+        if not target.is_file():
+            raise DataError(
+                f"data.path {source!r} is not an archive file: give a zip/tar path or URL"
+            )
+    if sha256:
+        actual = file_sha256(target)
+        if actual != sha256.lower():
+            raise DataError(
+                f"{source} has sha256 {actual}, but data.sha256 is {sha256}: "
+                "the file changed or is incomplete; fetch it again or update data.sha256"
+            )
+    return target
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(url: str, target: Path) -> None:
+    try:
+        with (
+            urllib.request.urlopen(url, timeout=60) as response,
+            atomic.atomic_path(target) as tmp,
+            open(tmp, "wb") as out,
+        ):
+            shutil.copyfileobj(response, out, CHUNK)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise DataError(
+            f"could not download {url}: {reason}; check the URL and the network"
+        ) from None
+
+
+def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int = 200_000) -> Path:
+    """Extract ``archive`` into ``dest`` and return the root of its class-per-folder tree.
+
+    The root is the single top-level folder when the archive has one (``AIDER/fire/...``), else
+    ``dest`` itself. ``__MACOSX`` folders and dotfiles are skipped.
+    """
+    archive, dest = Path(archive), Path(dest)
+    with atomic.atomic_dir(dest) as tmp, _members(archive) as members:
+        budget = _Budget(max_bytes, archive)
+        for count, (name, kind, size, open_member) in enumerate(members, start=1):
+            if count > max_members:
+                raise DataError(
+                    f"{archive.name} has more than {max_members} entries: refusing to extract it"
+                )
+            relative = _safe_relative(name, archive)
+            if relative is None:
+                continue
+            if kind == "dir":
+                (tmp / relative).mkdir(parents=True, exist_ok=True)
+                continue
+            if kind != "file":
+                raise DataError(
+                    f"{archive.name} contains a {kind} entry ({name}); links and special files are "
+                    "refused: repack the dataset with plain files"
+                )
+            budget.declare(size)
+            target = tmp / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open_member() as src, open(target, "wb") as out:
+                budget.copy(src, out)
+    entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
+
+
+class _Budget:
+    """Counts declared and actually written bytes against ``max_bytes``."""
+
+    def __init__(self, max_bytes: int, archive: Path) -> None:
+        self.max_bytes, self.archive = max_bytes, archive
+        self.declared = self.written = 0
+
+    def _refuse(self, amount: int) -> DataError:
+        return DataError(
+            f"{self.archive.name} expands to more than {amount} bytes, beyond "
+            f"data.max_archive_bytes={self.max_bytes}: raise that limit if the archive is trusted"
+        )
+
+    def declare(self, size: int) -> None:
+        self.declared += max(size, 0)
+        if self.declared > self.max_bytes:
+            raise self._refuse(self.declared)
+
+    def copy(self, src: BinaryIO, out: BinaryIO) -> None:
+        while block := src.read(CHUNK):
+            self.written += len(block)
+            if self.written > self.max_bytes:
+                raise self._refuse(self.written)
+            out.write(block)
+
+
+Member = tuple[str, str, int, object]
+
+
+@contextmanager
+def _members(archive: Path) -> Iterator[Iterator[Member]]:
+    """(name, kind, declared size, opener) for each entry; kind is file, dir, link or device."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            yield (_zip_member(zf, info) for info in zf.infolist())
+    elif tarfile.is_tarfile(archive):
+        try:
+            with tarfile.open(archive, "r:*") as tf:
+                yield (_tar_member(tf, info) for info in tf)
+        except tarfile.TarError as exc:
+            raise DataError(f"{archive.name} is a damaged tar archive: {exc}") from None
+    else:
+        raise DataError(
+            f"{archive.name} is neither a zip nor a tar archive: give a .zip, .tar or .tar.gz"
+        )
+
+
+def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Member:
+    mode = info.external_attr >> 16
+    if info.is_dir():
+        kind = "dir"
+    elif mode and (mode & 0o170000) == 0o120000:
+        kind = "symbolic link"
+    else:
+        kind = "file"
+    return info.filename, kind, info.file_size, lambda: zf.open(info)
+
+
+def _tar_member(tf: tarfile.TarFile, info: tarfile.TarInfo) -> Member:
+    if info.isdir():
+        kind = "dir"
+    elif info.isfile():
+        kind = "file"
+    elif info.issym():
+        kind = "symbolic link"
+    elif info.islnk():
+        kind = "hard link"
+    else:
+        kind = "device or FIFO"
+    return info.name, kind, info.size, lambda: tf.extractfile(info)
+
+
+def _safe_relative(name: str, archive: Path) -> Path | None:
+    """The entry's path inside the target, None for skipped entries; traversal raises."""
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or (posix.parts and posix.parts[0].endswith(":")):
+        raise DataError(
+            f"{archive.name} has an absolute path entry ({name}): refusing to extract it"
+        )
+    if ".." in posix.parts:
+        raise DataError(
+            f"{archive.name} has an entry that escapes the folder ({name}): refusing to extract it"
+        )
+    parts = [p for p in posix.parts if p not in ("", ".")]
+    if not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
+        return None
+    return Path(os.path.join(*parts))

@@ -1,0 +1,148 @@
+"""Decode images from the wild into 8-bit RGB, or say in a few words why not.
+
+Real datasets hold every kind of file: grey and 16-bit PNGs, palette GIF-like PNGs with
+transparency, CMYK JPEGs from print workflows, phone photos whose pixels are stored sideways with an
+EXIF orientation tag, truncated downloads and files that are not images at all. Everything that can
+be read becomes an RGB image the right way up; everything else raises :class:`ImageRejected` with a
+short reason that ingest writes to ``rejected.csv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "MPO")  # MPO: multi-picture JPEG from phone cameras
+
+
+class ImageRejected(Exception):
+    """A file that cannot be used as a training image; ``reason`` is short and human-readable."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def inspect_image(path: Path, max_pixels: int) -> tuple[int, int]:
+    """Fully decode ``path`` and return its (width, height) after EXIF orientation."""
+    with _opened(path, max_pixels) as image:
+        width, height = image.size
+        if _orientation(image) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
+            width, height = height, width
+        return width, height
+
+
+def load_rgb(path: Path, max_pixels: int, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode ``path`` into an upright 8-bit RGB image.
+
+    ``draft_size`` lets JPEG decode at a reduced scale (DCT scaling, at least that size), which
+    is several times faster when the result is resized down anyway.
+    """
+    with _opened(path, max_pixels, draft_size) as image:
+        upright = ImageOps.exif_transpose(image)
+        return to_rgb(upright)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB without clipping or inverting.
+
+    - 16- and 32-bit integer and float modes are scaled to 0..255 by their type's range (a
+      16-bit value of 32768 becomes 128, not 255 as a plain ``convert`` would clip it).
+    - Transparency (RGBA, LA, palette with a transparent index) is composited onto black: areas a
+      drone camera never produces carry no signal, and black is what zero padding looks like.
+    - CMYK goes through Pillow's conversion (inverted-CMYK Adobe JPEGs are handled by the decoder).
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy()
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _high_depth_to_rgb(image)
+    if mode == "P" or mode == "PA":
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
+    array = np.asarray(image)
+    if image.mode == "F":
+        scaled = (
+            np.clip(array, 0.0, 1.0) * 255.0
+            if array.max(initial=0) <= 1.0
+            else np.clip(array, 0, 255)
+        )
+    elif image.mode.startswith("I;16"):
+        scaled = array.astype(np.float64) / 257.0  # 65535 -> 255 exactly
+    else:  # "I": 32-bit signed; PNG stores 16-bit greyscale this way too
+        top = 65535.0 if array.max(initial=0) > 255 else 255.0
+        scaled = np.clip(array, 0, top).astype(np.float64) * (255.0 / top)
+    grey = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+    return grey.convert("RGB")
+
+
+@contextlib.contextmanager
+def _opened(
+    path: Path, max_pixels: int, draft_size: tuple[int, int] | None = None
+) -> Iterator[Image.Image]:
+    """Open, check size against ``max_pixels`` from the header, and decode every pixel."""
+    path = Path(path)
+    if not is_image_name(path):
+        raise ImageRejected(f"unsupported file type {path.suffix or '(none)'}")
+    try:
+        if path.stat().st_size == 0:
+            raise ImageRejected("zero-byte file")
+    except OSError as exc:
+        raise ImageRejected(f"unreadable: {exc.strerror or exc}") from None
+    # Pillow's own bomb guard is a process-wide global; this check uses the caller's limit
+    # on the header's size before any pixel is decoded, and disables the global check locally.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path, formats=_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image (or an unsupported format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected("decompression bomb: too many pixels for Pillow's own limit") from None
+    except OSError as exc:
+        raise ImageRejected(f"unreadable: {exc}") from None
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageRejected(
+                f"decompression bomb: {width} x {height} pixels exceeds data.max_pixels={max_pixels}"
+            )
+        if width == 0 or height == 0:
+            raise ImageRejected("image has no pixels")
+        if draft_size is not None and image.format in ("JPEG", "MPO"):
+            image.draft("RGB", draft_size)
+        try:
+            previous = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not pad with grey
+            try:
+                image.load()
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = previous
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise ImageRejected(f"corrupt or truncated image: {exc}") from None
+        yield image
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block must not reject an otherwise good image
+        return 1

@@ -1,0 +1,181 @@
+"""The ``ingest`` stage: a class-per-folder tree -> the content-addressed raw pool.
+
+Every candidate file is read once: its sha256 names the copy (``images/<sha[:2]>/<sha><ext>``, the
+original bytes, not re-encoded) and a full decode checks that it is a usable image. Files that fail
+go to ``rejected.csv`` with the reason and never stop the run. The same content under two
+different classes is a labelling error: it is excluded from both and reported. The same content
+twice in one class is kept once.
+
+Folders in the tree that are not in ``data.classes`` are ignored with a warning (a stray
+``other/`` or ``_unsorted/`` folder should not stop a run); a configured class whose folder is
+missing or holds no image is an error, since training would silently lose that class.
+
+The whole ``raw_dir`` is written as one atomic directory swap: an interrupted ingest leaves the
+previous pool as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aider_edge import atomic
+from aider_edge.data.images import ImageRejected, inspect_image, is_image_name
+from aider_edge.errors import DataError
+from aider_edge.parallel import map_with_progress
+
+MANIFEST_COLUMNS = ("path", "label", "sha256", "width", "height")
+REJECTED_COLUMNS = ("path", "reason")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class IngestReport:
+    counts: dict[str, int]
+    rejected: int
+    duplicates: int
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "counts": self.counts,
+            "images": sum(self.counts.values()),
+            "rejected": self.rejected,
+            "duplicates": self.duplicates,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass(frozen=True)
+class _Checked:
+    source: Path
+    label: str
+    sha256: str | None
+    size: tuple[int, int] | None
+    reason: str | None
+
+
+def scan_class_folders(
+    root: Path, classes: Sequence[str]
+) -> tuple[list[tuple[Path, str]], list[str]]:
+    """All files under each class folder (recursively, hidden ones skipped) and warnings."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"{root} is not a folder: point data.path at a tree with one folder per class"
+        )
+    present = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise DataError(
+            f"{root} has no folder for class(es) {', '.join(missing)} (found: "
+            f"{', '.join(sorted(present)) or 'none'}): add the folders or fix data.classes"
+        )
+    warnings = []
+    extra = sorted(present - set(classes))
+    if extra:
+        warnings.append(f"ignored folder(s) not in data.classes: {', '.join(extra)}")
+    files: list[tuple[Path, str]] = []
+    for label in classes:
+        found = sorted(
+            p
+            for p in (root / label).rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
+        if not any(is_image_name(p) for p in found):
+            raise DataError(
+                f"class folder {root / label} holds no image (.jpg, .png, .bmp, .webp): "
+                "add images or remove the class from data.classes"
+            )
+        files += [(p, label) for p in found]
+    return files, warnings
+
+
+def ingest_folder(
+    root: Path,
+    classes: Sequence[str],
+    raw_dir: Path,
+    max_pixels: int,
+    project_root: Path,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Check and copy every image of ``root`` into ``raw_dir`` (see the module docstring)."""
+    root, raw_dir = Path(root), Path(raw_dir)
+    files, warnings = scan_class_folders(root, classes)
+    jobs = [(path, label, max_pixels) for path, label in files]
+    checked = list(map_with_progress(_check_one, jobs, progress))
+
+    rejected = [(c.source, c.reason) for c in checked if c.reason]
+    by_sha: dict[str, list[_Checked]] = {}
+    for c in checked:
+        if not c.reason:
+            by_sha.setdefault(c.sha256, []).append(c)
+
+    kept: list[_Checked] = []
+    duplicates = 0
+    for copies in by_sha.values():
+        labels = sorted({c.label for c in copies}, key=list(classes).index)
+        if len(labels) > 1:
+            reason = f"same image under classes {' and '.join(labels)}"
+            rejected += [(c.source, reason) for c in copies]
+            continue
+        first, *others = sorted(copies, key=lambda c: c.source)
+        kept.append(first)
+        duplicates += len(others)
+        rejected += [(c.source, f"duplicate of {_rel(first.source, root)}") for c in others]
+
+    rank = {c: i for i, c in enumerate(classes)}
+    kept.sort(key=lambda c: (rank[c.label], c.sha256))
+    counts = {c: 0 for c in classes}
+    for c in kept:
+        counts[c.label] += 1
+    empty = [c for c, n in counts.items() if n == 0]
+    if empty:
+        raise DataError(
+            f"no usable image for class(es) {', '.join(empty)} in {root} (all rejected; see the "
+            "reasons by running ingest on that folder): fix the images or data.classes"
+        )
+
+    with atomic.atomic_dir(raw_dir) as tmp:
+        rows = []
+        for c in kept:
+            relative = Path("images") / c.sha256[:2] / f"{c.sha256}{c.source.suffix.lower()}"
+            target = tmp / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(c.source, target)
+            path_in_project = os.path.relpath(raw_dir / relative, project_root)
+            rows.append((Path(path_in_project).as_posix(), c.label, c.sha256, *c.size))
+        atomic.write_csv(tmp / "manifest.csv", MANIFEST_COLUMNS, rows)
+        atomic.write_csv(
+            tmp / "rejected.csv",
+            REJECTED_COLUMNS,
+            sorted((_rel(path, root), reason) for path, reason in rejected),
+        )
+    return IngestReport(counts, len(rejected), duplicates, warnings)
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _check_one(job: tuple[Path, str, int]) -> _Checked:
+    path, label, max_pixels = job
+    if not is_image_name(path):
+        return _Checked(
+            path, label, None, None, f"not an image file ({path.suffix or 'no suffix'})"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return _Checked(path, label, None, None, f"unreadable: {exc.strerror or exc}")
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        size = inspect_image(path, max_pixels)
+    except ImageRejected as exc:
+        return _Checked(path, label, sha, None, exc.reason)
+    return _Checked(path, label, sha, size, None)

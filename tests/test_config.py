@@ -1,0 +1,152 @@
+"""params.yaml validation: every bad value stops with one line naming the key, value and rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from aider_edge.config import PAPER_SCENARIOS, load_params, parse_params
+from aider_edge.errors import ConfigError
+from conftest import REPO_ROOT
+
+
+def error_of(raw) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw, source="params.yaml")
+    message = str(info.value)
+    assert "\n" not in message, "a config error must be a single line"
+    assert message.startswith("params.yaml: ")
+    return message
+
+
+def test_shipped_params_load_with_the_paper_scenarios():
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert params.data.source == "synthetic"
+    assert params.split.scenarios == PAPER_SCENARIOS
+    assert params.mlflow.experiment == "aider-edge"
+    assert params.registry.model_name == "aider-edge-classifier"
+
+
+def test_defaults_cover_every_section():
+    params = parse_params({})
+    assert params.loss.tau_min == 0.01 and params.loss.tau_max == 0.1
+    assert params.loss.lambda_min == 0.1 and params.loss.lambda_max == 1.0
+    assert params.validate_.fp32_atol == 1e-4
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"data": {"colour": 1}}, "unknown key data.colour"),
+        ({"tarin": {}}, "unknown key tarin"),
+        ({"split": {"scenarios": {"s1": {"profile": "step", "minority_ratio": 0.1, "x": 1}}}}, "split.scenarios.s1.x"),
+    ],
+)
+def test_unknown_keys(raw, expected):
+    assert expected in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "value", "rule"),
+    [
+        ({"split": {"train_size": "1000"}}, "split.train_size", "'1000'", "valid integer"),
+        ({"seed": 1.5}, "seed", "1.5", "valid integer"),
+        ({"data": {"classes": "fire"}}, "data.classes", "'fire'", "valid list"),
+        ({"train": {"epochs": True}}, "train.epochs", "True", "valid integer"),
+    ],
+)
+def test_wrong_types(raw, key, value, rule):
+    message = error_of(raw)
+    assert f"{key} = {value}" in message and rule in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"split": {"train_size": 0}}, "split.train_size = 0"),
+        ({"split": {"val_per_class": -3}}, "split.val_per_class = -3"),
+        ({"split": {"test_per_class": 0}}, "split.test_per_class = 0"),
+        ({"data": {"image_size": 0}}, "data.image_size = 0"),
+        ({"data": {"synthetic": {"per_class": -1}}}, "data.synthetic.per_class = -1"),
+        ({"train": {"batch_size": 0}}, "train.batch_size = 0"),
+    ],
+)
+def test_zero_or_negative_sizes(raw, key):
+    message = error_of(raw)
+    assert key in message and ("greater than" in message or "positive" in message)
+
+
+def test_unknown_source_lists_the_allowed_ones():
+    message = error_of({"data": {"source": "s3"}})
+    assert "data.source = 's3'" in message
+    assert "'synthetic', 'folder' or 'archive'" in message
+
+
+def test_proportions_must_sum_to_one():
+    message = error_of({"split": {"scenarios": {"s1": [0.05, 0.05, 0.05, 0.05, 0.79]}}})
+    assert "split.scenarios.s1" in message and "sum to 1" in message and "0.99" in message
+
+
+def test_proportions_within_tolerance_pass():
+    params = parse_params({"split": {"scenarios": {"s1": [0.2, 0.2, 0.2, 0.2, 0.2 + 5e-7]}}})
+    assert len(params.split.scenarios["s1"]) == 5
+
+
+def test_scenario_length_must_match_class_count():
+    message = error_of({"split": {"scenarios": {"s2": [0.5, 0.5]}}})
+    assert "split.scenarios.s2 = [0.5, 0.5]" in message
+    assert "2 proportions but data.classes has 5 classes" in message
+
+
+def test_negative_proportion():
+    message = error_of({"split": {"scenarios": {"s1": [1.2, -0.2, 0, 0, 0]}}})
+    assert "split.scenarios.s1" in message and ">= 0" in message
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"profile": "zigzag"}, "profile: step"),
+        ({"profile": "step", "minority_ratio": 0}, "split.scenarios.s1.minority_ratio = 0"),
+        ({"profile": "exponential", "imbalance_ratio": 0.5}, "split.scenarios.s1.imbalance_ratio = 0.5"),
+        ({"profile": "step", "minority_ratio": 0.1, "minority": 5}, "split.scenarios.s1.minority = 5"),
+    ],
+)
+def test_bad_profiles(spec, expected):
+    assert expected in error_of({"split": {"scenarios": {"s1": spec}}})
+
+
+def test_scenario_names_must_be_file_and_dvc_safe():
+    assert "not a valid scenario name" in error_of({"split": {"scenarios": {"s 1": [0.2] * 5}}})
+
+
+def test_synthetic_source_only_draws_aider_classes():
+    message = error_of({"data": {"classes": ["cat", "dog"]}, "split": {"scenarios": {"a": [0.5, 0.5]}}})
+    assert "data.classes" in message and "'folder' or 'archive'" in message
+
+
+def test_archive_url_requires_a_checksum():
+    message = error_of({"data": {"source": "archive", "path": "https://example.org/aider.zip"}})
+    assert "data.sha256" in message and "required" in message
+
+
+def test_duplicate_class_names():
+    message = error_of({"data": {"source": "folder", "classes": ["a", "b", "a"]}})
+    assert "data.classes" in message and "repeated: a" in message
+
+
+def test_several_problems_are_reported_on_one_line():
+    message = error_of({"seed": -1, "split": {"train_size": 0}})
+    assert "seed = -1" in message and "split.train_size = 0" in message
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such params file"):
+        load_params(tmp_path / "params.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("seed: 1\ndata: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+"):
+        load_params(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_params(listing)

@@ -1,0 +1,89 @@
+"""The metrics.json val/test block: hand-worked values and edge cases."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from aider_edge.metrics import classification_metrics
+
+KEYS = {
+    "accuracy",
+    "g_mean",
+    "macro_f1",
+    "balanced_accuracy",
+    "mcc",
+    "f1_variance",
+    "f1_per_class",
+    "recall_per_class",
+    "confusion_matrix",
+}
+
+
+def test_hand_worked_two_classes() -> None:
+    # a: 2 samples, both right (recall 1); b: 2 samples, one predicted a (recall .5).
+    # Confusion [[2, 0], [1, 1]]. Precision a = 2/3, b = 1.
+    # F1 a = 2 * (2/3 * 1) / (2/3 + 1) = .8; F1 b = 2 * (1 * .5) / 1.5 = 2/3.
+    # MCC (binary) = (TP*TN - FP*FN) / sqrt(...) with b positive: TP 1, TN 2, FP 0, FN 1
+    #   = (2 - 0) / sqrt(1 * 2 * 2 * 3) = 2 / sqrt(12) = 1 / sqrt(3).
+    m = classification_metrics([0, 0, 1, 1], [0, 0, 0, 1], ["a", "b"])
+    assert set(m) == KEYS
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert m["g_mean"] == pytest.approx(math.sqrt(0.5))
+    assert m["recall_per_class"] == pytest.approx({"a": 1.0, "b": 0.5})
+    assert m["f1_per_class"] == pytest.approx({"a": 0.8, "b": 2 / 3})
+    assert m["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+    # population variance of two values = (difference / 2)^2
+    assert m["f1_variance"] == pytest.approx(((0.8 - 2 / 3) / 2) ** 2)
+    assert m["balanced_accuracy"] == pytest.approx(0.75)
+    assert m["mcc"] == pytest.approx(1 / math.sqrt(3))
+    assert m["confusion_matrix"] == [[2, 0], [1, 1]]
+
+
+def test_never_predicted_class_gives_zero_g_mean_and_f1() -> None:
+    # Class c has true samples but is never predicted: recall 0 -> G-Mean 0 whatever the others.
+    m = classification_metrics([0, 1, 2, 2], [0, 1, 1, 0], ["a", "b", "c"])
+    assert m["g_mean"] == 0.0
+    assert m["f1_per_class"]["c"] == 0.0
+    assert m["recall_per_class"]["c"] == 0.0
+    assert m["confusion_matrix"][2] == [1, 1, 0]
+
+
+def test_perfect_predictions() -> None:
+    y = [0, 1, 2, 0, 1, 2]
+    m = classification_metrics(y, y, ["a", "b", "c"])
+    for key in ("accuracy", "g_mean", "macro_f1", "balanced_accuracy", "mcc"):
+        assert m[key] == pytest.approx(1.0), key
+    assert m["f1_variance"] == 0.0
+    assert m["f1_per_class"] == {"a": 1.0, "b": 1.0, "c": 1.0}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # sklearn/imblearn warn on the absent class
+def test_confusion_matrix_is_k_by_k_with_absent_class() -> None:
+    # Class c appears neither in y_true nor in y_pred; class d only in y_pred.
+    m = classification_metrics([0, 1, 1], [0, 1, 3], ["a", "b", "c", "d"])
+    assert m["confusion_matrix"] == [[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert set(m["f1_per_class"]) == {"a", "b", "c", "d"}
+    assert m["g_mean"] == 0.0  # absent classes count as recall 0
+
+
+def test_json_serialisable() -> None:
+    m = classification_metrics([0, 1, 2, 1], [0, 2, 2, 1], ["a", "b", "c"])
+    assert json.loads(json.dumps(m)) == m
+
+
+@pytest.mark.parametrize(
+    ("y_true", "y_pred", "classes"),
+    [
+        ([0, 1], [0], ["a", "b"]),  # length mismatch
+        ([], [], ["a", "b"]),  # empty
+        ([0, 2], [0, 1], ["a", "b"]),  # index out of range
+        ([0, 1], [0, 1], ["a", "a"]),  # duplicate class names
+        ([0.0, 1.0], [0, 1], ["a", "b"]),  # not integer indices
+    ],
+)
+def test_bad_inputs_rejected(y_true: list, y_pred: list, classes: list) -> None:
+    with pytest.raises(ValueError):
+        classification_metrics(y_true, y_pred, classes)
