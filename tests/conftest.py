@@ -26,13 +26,19 @@ def fake_pool(per_class: dict[str, int]) -> list[ImageRecord]:
 
 
 def small_params(**sections) -> Params:
-    """Demo params shrunk for tests; keyword arguments replace whole sections."""
+    """Demo params shrunk for tests; keyword arguments replace whole sections.
+
+    With other ``data.classes`` and no scenarios given, a single balanced scenario is used.
+    """
     raw = {
         "seed": 7,
         "data": {"image_size": 32, "synthetic": {"per_class": 60, "image_size": 48}},
         "split": {"train_size": 60, "val_per_class": 4, "test_per_class": 4},
     }
     raw.update(sections)
+    classes = raw["data"].get("classes")
+    if classes and "scenarios" not in raw["split"]:
+        raw["split"] = raw["split"] | {"scenarios": {"even": [1 / len(classes)] * len(classes)}}
     return parse_params(raw, source="test params")
 
 
