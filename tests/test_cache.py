@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from aider_edge.data.augment import AugmentSettings, augment, normalize
+from aider_edge.data.augment import AugmentSettings, augment, augment_and_normalize, normalize
 from aider_edge.data.cache import PixelCache, decode_resized
 from aider_edge.data.loader import SplitDataset, iterate_batches
 from aider_edge.data.records import ImageRecord, write_records
@@ -79,14 +79,18 @@ def test_a_failed_decode_keeps_the_previous_cache_intact(project):
 def test_loader_covers_the_split_once_per_epoch_in_channels_last(project):
     root, records = project
     split = make_cache(root).open_records(records, CLASSES)
-    batches = list(iterate_batches(split, 5, shuffle=True, generator=torch.Generator().manual_seed(1)))
+    batches = list(
+        iterate_batches(split, 5, shuffle=True, generator=torch.Generator().manual_seed(1))
+    )
     assert [len(y) for _, y in batches] == [5, 5, 2]
     x = batches[0][0]
     assert x.dtype == torch.uint8 and x.shape == (5, 3, 16, 16)
     assert x.is_contiguous(memory_format=torch.channels_last)
     labels = torch.cat([y for _, y in batches]).sort().values
     assert labels.tolist() == sorted(split.labels.tolist())
-    again = list(iterate_batches(split, 5, shuffle=True, generator=torch.Generator().manual_seed(1)))
+    again = list(
+        iterate_batches(split, 5, shuffle=True, generator=torch.Generator().manual_seed(1))
+    )
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
     assert len(list(iterate_batches(split, 5, shuffle=False, drop_last=True))) == 2
 
@@ -95,18 +99,30 @@ def test_loader_covers_the_split_once_per_epoch_in_channels_last(project):
 
 
 def test_augmentation_is_seeded_and_keeps_shape_and_range():
-    batch = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    batch = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8).contiguous(
+        memory_format=torch.channels_last
+    )
     a = augment(batch, torch.Generator().manual_seed(0))
     b = augment(batch, torch.Generator().manual_seed(0))
     c = augment(batch, torch.Generator().manual_seed(1))
     assert a.shape == (4, 3, 16, 16) and a.dtype == torch.float32
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() <= 1
+    model_input = augment_and_normalize(batch, torch.Generator().manual_seed(0))
+    assert model_input.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_augmentation_off_is_the_identity():
     batch = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    off = AugmentSettings(rotate=False, flip=False, min_scale=1.0, max_shift=0.0, brightness=0, contrast=0, saturation=0)
+    off = AugmentSettings(
+        rotate=False,
+        flip=False,
+        min_scale=1.0,
+        max_shift=0.0,
+        brightness=0,
+        contrast=0,
+        saturation=0,
+    )
     out = augment(batch, torch.Generator().manual_seed(0), off)
     torch.testing.assert_close(out, batch.float() / 255, atol=1e-5, rtol=0)
     assert normalize(batch).mean().abs() < 3

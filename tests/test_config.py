@@ -38,7 +38,10 @@ def test_defaults_cover_every_section():
     [
         ({"data": {"colour": 1}}, "unknown key data.colour"),
         ({"tarin": {}}, "unknown key tarin"),
-        ({"split": {"scenarios": {"s1": {"profile": "step", "minority_ratio": 0.1, "x": 1}}}}, "split.scenarios.s1.x"),
+        (
+            {"split": {"scenarios": {"s1": {"profile": "step", "minority_ratio": 0.1, "x": 1}}}},
+            "split.scenarios.s1.x",
+        ),
     ],
 )
 def test_unknown_keys(raw, expected):
@@ -107,8 +110,14 @@ def test_negative_proportion():
     [
         ({"profile": "zigzag"}, "profile: step"),
         ({"profile": "step", "minority_ratio": 0}, "split.scenarios.s1.minority_ratio = 0"),
-        ({"profile": "exponential", "imbalance_ratio": 0.5}, "split.scenarios.s1.imbalance_ratio = 0.5"),
-        ({"profile": "step", "minority_ratio": 0.1, "minority": 5}, "split.scenarios.s1.minority = 5"),
+        (
+            {"profile": "exponential", "imbalance_ratio": 0.5},
+            "split.scenarios.s1.imbalance_ratio = 0.5",
+        ),
+        (
+            {"profile": "step", "minority_ratio": 0.1, "minority": 5},
+            "split.scenarios.s1.minority = 5",
+        ),
     ],
 )
 def test_bad_profiles(spec, expected):
@@ -120,7 +129,9 @@ def test_scenario_names_must_be_file_and_dvc_safe():
 
 
 def test_synthetic_source_only_draws_aider_classes():
-    message = error_of({"data": {"classes": ["cat", "dog"]}, "split": {"scenarios": {"a": [0.5, 0.5]}}})
+    message = error_of(
+        {"data": {"classes": ["cat", "dog"]}, "split": {"scenarios": {"a": [0.5, 0.5]}}}
+    )
     assert "data.classes" in message and "'folder' or 'archive'" in message
 
 

@@ -87,7 +87,7 @@ def test_repro_then_nothing_then_only_split(dvc_repo: Path):
     assert "Running stage 'split'" in third
     assert "Running stage 'ingest'" not in third
     assert (dvc_repo / "data/raw/manifest.csv").read_text() == manifest
-    assert sum(1 for _ in open(dvc_repo / "data/splits/train_s1.csv")) == 50 + 1
+    assert len((dvc_repo / "data/splits/train_s1.csv").read_text().splitlines()) == 50 + 1
 
 
 def test_a_bad_param_fails_the_stage_with_one_line(dvc_repo: Path):
@@ -96,7 +96,11 @@ def test_a_bad_param_fails_the_stage_with_one_line(dvc_repo: Path):
     (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     done = subprocess.run(
-        ["aider-edge", "split"], cwd=dvc_repo, capture_output=True, text=True, env=os.environ | {"PATH": env_path}
+        ["aider-edge", "split"],
+        cwd=dvc_repo,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PATH": env_path},
     )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0

@@ -44,7 +44,9 @@ def test_folder_source(tmp_path: Path):
 
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path):
-    params = small_params(data={"source": "folder", "path": "nowhere", "classes": ["fire", "normal"]})
+    params = small_params(
+        data={"source": "folder", "path": "nowhere", "classes": ["fire", "normal"]}
+    )
     with pytest.raises(DataError, match=r"data.path 'nowhere' is not a folder"):
         pipeline.ingest(params, tmp_path)
 
@@ -60,7 +62,12 @@ def make_zip(tmp_path: Path) -> tuple[Path, str]:
 
 def test_archive_source_verifies_and_extracts(tmp_path: Path):
     archive, digest = make_zip(tmp_path)
-    data = {"source": "archive", "path": str(archive), "sha256": digest, "classes": ["fire", "normal"]}
+    data = {
+        "source": "archive",
+        "path": str(archive),
+        "sha256": digest,
+        "classes": ["fire", "normal"],
+    }
     report = pipeline.ingest(small_params(data=data), tmp_path)
     assert report.counts == {"fire": 2, "normal": 3}
 

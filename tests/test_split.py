@@ -65,7 +65,9 @@ def test_generated_profiles():
 
 
 def paper_params(**split):
-    return small_params(split={"train_size": 200, "val_per_class": 10, "test_per_class": 12, **split})
+    return small_params(
+        split={"train_size": 200, "val_per_class": 10, "test_per_class": 12, **split}
+    )
 
 
 def test_exact_counts_balanced_eval_and_disjoint(aider_classes):
@@ -105,7 +107,9 @@ def test_generated_profile_scenarios_work_for_other_class_counts():
         },
     )
     plan = plan_splits(fake_pool(dict.fromkeys(classes, 100)), params)
-    assert list(plan.counts(plan.train["lt"]).values()) == largest_remainder(90, [1 / 7, 2 / 7, 4 / 7])
+    assert list(plan.counts(plan.train["lt"]).values()) == largest_remainder(
+        90, [1 / 7, 2 / 7, 4 / 7]
+    )
 
 
 def test_deterministic_for_a_seed_and_independent_of_pool_order(tmp_path, aider_classes):
@@ -127,14 +131,21 @@ def test_summary_counts_and_sigma(tmp_path, aider_classes):
     write_records(manifest, fake_pool(dict.fromkeys(aider_classes, 200)))
     run_split(paper_params(), manifest, tmp_path / "splits")
     summary = json.loads((tmp_path / "splits" / "summary.json").read_text())
-    assert summary["counts"]["train_s1"] == dict(zip(aider_classes, [10, 10, 10, 10, 160], strict=True))
+    assert summary["counts"]["train_s1"] == dict(
+        zip(aider_classes, [10, 10, 10, 10, 160], strict=True)
+    )
     assert summary["counts"]["val"] == dict.fromkeys(aider_classes, 10)
     # population std of [.05,.05,.05,.05,.8] = sqrt(mean of squared deviations from 0.2) = 0.3
     assert summary["sigma"]["s1"] == pytest.approx(0.3, abs=1e-6)
     assert summary["sigma"]["s5"] == 0.0
     assert summary["sigma"]["s3"] == pytest.approx(np.std([0.05, 0.05, 0.2, 0.2, 0.5]), abs=1e-6)
     files = sorted(p.name for p in (tmp_path / "splits").iterdir())
-    assert files == ["summary.json", "test.csv", *(f"train_s{i}.csv" for i in range(1, 6)), "val.csv"]
+    assert files == [
+        "summary.json",
+        "test.csv",
+        *(f"train_s{i}.csv" for i in range(1, 6)),
+        "val.csv",
+    ]
     assert len(read_records(tmp_path / "splits" / "train_s4.csv")) == 200
 
 

@@ -22,7 +22,9 @@ def progress_bar(description: str, unit: str = "img") -> Iterator[Progress]:
     def update(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(desc=description, total=total, unit=unit, dynamic_ncols=True, mininterval=0.5)
+            bar = tqdm(
+                desc=description, total=total, unit=unit, dynamic_ncols=True, mininterval=0.5
+            )
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
