@@ -81,6 +81,33 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from aider_edge import pipeline
+    from aider_edge.progress import progress_bar
+
+    params = _load(args)
+    with progress_bar(f"decode {params.data.image_size}px") as decode:
+        metrics = pipeline.train(
+            params, Path.cwd(), args.scenario, args.method, pipeline.StageProgress(decode=decode)
+        )
+    for block in ("val", "test"):
+        figures = metrics[block]
+        print(
+            f"{args.scenario}-{args.method} {block}: accuracy {figures['accuracy']:.3f}  "
+            f"G-Mean {figures['g_mean']:.3f}  macro-F1 {figures['macro_f1']:.3f}  "
+            f"F1 variance {figures['f1_variance']:.4f}"
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from aider_edge import pipeline
+
+    for path in pipeline.report(_load(args), Path.cwd()):
+        print(path.relative_to(Path.cwd()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aider-edge",
@@ -99,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     stage("ingest", cmd_ingest, "read the configured source into data/raw (DVC stage 'ingest')")
     stage("split", cmd_split, "write the scenario, val and test splits (DVC stage 'split')")
     stage("cache", cmd_cache, "decode every split image once at the training resolution")
+    train = stage(
+        "train", cmd_train, "train one (scenario, method) run (DVC stage 'train@<s>-<m>')"
+    )
+    train.add_argument("--scenario", required=True, help="a key of split.scenarios, e.g. s1")
+    train.add_argument("--method", required=True, help="baseline, adaptive, wce or supcon_fixed")
+    stage("report", cmd_report, "tables and figures over every run (DVC stage 'report')")
     return parser
 
 

@@ -221,6 +221,8 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
+    scenarios: list[str] | None = None
+    """Scenarios to train (the DVC matrix); ``None`` = every scenario of ``split.scenarios``."""
     methods: list[Literal["baseline", "adaptive", "wce", "supcon_fixed"]] = Field(
         default_factory=lambda: ["baseline", "adaptive"], min_length=1
     )
@@ -292,6 +294,21 @@ class Params(_Section):
     validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
     mlflow: MlflowConfig = MlflowConfig()
     registry: RegistryConfig = RegistryConfig()
+
+    @model_validator(mode="after")
+    def _trained_scenarios_exist(self) -> Params:
+        unknown = [s for s in self.train.scenarios or [] if s not in self.split.scenarios]
+        if unknown:
+            raise _KeyedError(
+                ("train", "scenarios"),
+                unknown,
+                f"not in split.scenarios ({', '.join(self.split.scenarios)})",
+            )
+        return self
+
+    @property
+    def trained_scenarios(self) -> list[str]:
+        return list(self.train.scenarios or self.split.scenarios)
 
     @model_validator(mode="after")
     def _scenarios_fit_classes(self) -> Params:

@@ -54,3 +54,98 @@ def pixel_cache(params: Params, root: Path):
     from aider_edge.data.cache import PixelCache
 
     return PixelCache(root / CACHE_DIR, params.data.image_size, root, params.data.max_pixels)
+
+
+MODELS_DIR = Path("models")
+
+
+def run_dir(root: Path, scenario: str, method: str) -> Path:
+    return root / MODELS_DIR / f"{scenario}-{method}"
+
+
+def train(
+    params: Params,
+    root: Path,
+    scenario: str,
+    method: str,
+    progress: StageProgress = StageProgress(),
+):
+    """``train@<scenario>-<method>``: one tracked run -> ``models/<scenario>-<method>/``.
+
+    Writes ``model.pt`` (best validation epoch), ``metrics.json`` and ``run.json``; the
+    per-epoch ``checkpoint.pt`` lets an interrupted run resume and is removed once it finishes.
+    """
+    from aider_edge import atomic, tracking
+    from aider_edge.data.archive import file_sha256
+    from aider_edge.data.augment import normalize
+    from aider_edge.data.loader import to_batch_tensor
+    from aider_edge.errors import ConfigError
+    from aider_edge.training import CHECKPOINT, RunData, evaluate, fit_summary
+    from aider_edge.training import train as fit
+
+    if scenario not in params.split.scenarios:
+        raise ConfigError(
+            f"scenario {scenario!r} is not in split.scenarios ({', '.join(params.split.scenarios)})"
+        )
+    if method not in params.train.methods:
+        raise ConfigError(
+            f"method {method!r} is not in train.methods ({', '.join(params.train.methods)})"
+        )
+    tracking.check_tracking_server(tracking.resolve_tracking_uri(params.mlflow, root))
+
+    splits = root / SPLITS_DIR
+    train_csv = splits / f"train_{scenario}.csv"
+    cache = pixel_cache(params, root)
+    classes = params.data.classes
+    data = RunData(
+        cache.open_split(train_csv, classes, progress.decode),
+        cache.open_split(splits / "val.csv", classes, progress.decode),
+        cache.open_split(splits / "test.csv", classes, progress.decode),
+    )
+    out_dir = run_dir(root, scenario, method)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tracking.tracked_run(params, root, scenario, method, train_csv) as run:
+        model, history, setup = fit(
+            params,
+            data,
+            method,
+            out_dir,
+            data_hash=file_sha256(train_csv),
+            on_epoch=lambda record: run.log_epoch(record, step=record["epoch"]),
+        )
+        summary = fit_summary(setup, history, classes)
+        run.log_derived(summary)
+        batch = params.train.batch_size
+        metrics = {
+            "scenario": scenario,
+            "method": method,
+            **summary,
+            "val": evaluate(model, data.val, batch),
+            "test": evaluate(model, data.test, batch),
+        }
+        atomic.write_json(out_dir / "metrics.json", metrics)
+        run.log_final(metrics, out_dir)
+        example = normalize(to_batch_tensor(data.val.images(range(2)))).numpy()
+        run.log_model(model.classifier_only(), example)
+        run.write_run_json(out_dir)
+    (out_dir / CHECKPOINT).unlink(missing_ok=True)
+    return metrics
+
+
+REPORTS_DIR = Path("reports")
+
+
+def report(params: Params, root: Path) -> list[Path]:
+    """``report``: every run's metrics -> ``reports/`` (table, summary, figures), also in MLflow."""
+    from aider_edge import report as reporting
+    from aider_edge import tracking
+
+    scenarios, methods, classes = (
+        params.trained_scenarios,
+        params.train.methods,
+        params.data.classes,
+    )
+    runs = reporting.collect(root / MODELS_DIR, scenarios, methods)
+    files = reporting.write_report(runs, root / REPORTS_DIR, methods, scenarios, classes)
+    tracking.log_report(params, root, files)
+    return files
