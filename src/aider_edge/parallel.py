@@ -19,9 +19,13 @@ def map_with_progress(
     func: Callable[[J], R],
     jobs: Sequence[J],
     progress: Callable[[int, int], None] | None = None,
-    threshold: int = PARALLEL_THRESHOLD,
+    threshold: int | None = None,
 ) -> Iterator[R]:
-    """Yield ``func(job)`` in job order, reporting ``progress(done, total)`` after each."""
+    """Yield ``func(job)`` in job order, reporting ``progress(done, total)`` after each.
+
+    ``threshold`` defaults to :data:`PARALLEL_THRESHOLD`, read at call time.
+    """
+    threshold = PARALLEL_THRESHOLD if threshold is None else threshold
     workers = min(os.cpu_count() or 1, MAX_WORKERS)
     if len(jobs) < threshold or workers < 2:
         results: Iterator[R] = map(func, jobs)

@@ -10,16 +10,19 @@ Everything is extracted into a temporary folder that is renamed into place only 
 from __future__ import annotations
 
 import hashlib
+import http.client
+import lzma
 import os
 import shutil
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from aider_edge import atomic
 from aider_edge.errors import DataError
@@ -29,7 +32,8 @@ CHUNK = 1 << 20
 
 def fetch_archive(source: str, sha256: str | None, dest_dir: Path) -> Path:
     """Return a verified local copy of the archive: downloaded for a URL, the file itself otherwise."""
-    if source.startswith(("http://", "https://")):
+    remote = source.startswith(("http://", "https://"))
+    if remote:
         if not sha256:
             raise DataError(f"an archive URL needs data.sha256 to be verified: set it for {source}")
         name = PurePosixPath(urllib.request.urlparse(source).path).name or "archive"
@@ -44,6 +48,8 @@ def fetch_archive(source: str, sha256: str | None, dest_dir: Path) -> Path:
     if sha256:
         actual = file_sha256(target)
         if actual != sha256.lower():
+            if remote:
+                target.unlink(missing_ok=True)  # a bad download must not lie around as if good
             raise DataError(
                 f"{source} has sha256 {actual}, but data.sha256 is {sha256}: "
                 "the file changed or is incomplete; fetch it again or update data.sha256"
@@ -67,11 +73,25 @@ def _download(url: str, target: Path) -> None:
             open(tmp, "wb") as out,
         ):
             shutil.copyfileobj(response, out, CHUNK)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
+            expected = response.headers.get("Content-Length", "")
+            # http.client returns a short body without error when the server hangs up early.
+            if expected.isdigit() and out.tell() != int(expected):
+                raise _ShortDownload(
+                    f"the connection closed after {out.tell()} of {expected} bytes"
+                )
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        # HTTPException: a malformed answer (BadStatusLine, IncompleteRead on chunked bodies).
+        if isinstance(exc, urllib.error.HTTPError):
+            reason = f"HTTP {exc.code} {exc.reason}"
+        else:
+            reason = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
         raise DataError(
-            f"could not download {url}: {reason}; check the URL and the network"
+            f"could not download {url}: {' '.join(reason.split())}; check the URL and the network"
         ) from None
+
+
+class _ShortDownload(OSError):
+    """The body ended before the Content-Length the server announced."""
 
 
 def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int = 200_000) -> Path:
@@ -102,7 +122,7 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int 
             budget.declare(size)
             target = tmp / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            with open_member() as src, open(target, "wb") as out:
+            with _reading(archive, open_member) as src, open(target, "wb") as out:
                 budget.copy(src, out)
     entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
@@ -127,35 +147,76 @@ class _Budget:
             raise self._refuse(self.declared)
 
     def copy(self, src: BinaryIO, out: BinaryIO) -> None:
-        while block := src.read(CHUNK):
+        while block := _reading(self.archive, lambda: src.read(CHUNK)):
             self.written += len(block)
             if self.written > self.max_bytes:
                 raise self._refuse(self.written)
             out.write(block)
 
 
-Member = tuple[str, str, int, object]
+Member = tuple[str, str, int, Callable[[], BinaryIO]]
+T = TypeVar("T")
 
 
 @contextmanager
 def _members(archive: Path) -> Iterator[Iterator[Member]]:
     """(name, kind, declared size, opener) for each entry; kind is file, dir, link or device."""
     if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            yield (_zip_member(zf, info) for info in zf.infolist())
+        with _reading(archive, lambda: zipfile.ZipFile(archive)) as zf:
+            yield _guarded(archive, (_zip_member(archive, zf, info) for info in zf.infolist()))
     elif tarfile.is_tarfile(archive):
-        try:
-            with tarfile.open(archive, "r:*") as tf:
-                yield (_tar_member(tf, info) for info in tf)
-        except tarfile.TarError as exc:
-            raise DataError(f"{archive.name} is a damaged tar archive: {exc}") from None
+        with _reading(archive, lambda: tarfile.open(archive, "r:*")) as tf:
+            yield _guarded(archive, (_tar_member(tf, info) for info in tf))
     else:
         raise DataError(
             f"{archive.name} is neither a zip nor a tar archive: give a .zip, .tar or .tar.gz"
         )
 
 
-def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Member:
+# What reading a damaged, truncated or unsupported archive raises (zlib, gzip, bz2, lzma, zip,
+# tar). Caught only around reads from the archive, so that a failed write (disk full) keeps its
+# own message.
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    tarfile.TarError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    NotImplementedError,  # a zip compression method this Python cannot decode
+    OSError,
+)
+
+
+def _damaged(archive: Path, exc: BaseException) -> DataError:
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return DataError(
+        f"{archive.name} is damaged or truncated ({detail}): download it again or repack it"
+    )
+
+
+def _reading(archive: Path, read: Callable[[], T]) -> T:
+    """``read()``, with the errors of a damaged archive turned into one clear DataError."""
+    try:
+        return read()
+    except _READ_ERRORS as exc:
+        raise _damaged(archive, exc) from None
+
+
+def _guarded(archive: Path, members: Iterator[Member]) -> Iterator[Member]:
+    """``members``, reading each next header under :func:`_reading`'s error handling."""
+    while True:
+        member = _reading(archive, lambda: next(members, None))
+        if member is None:
+            return
+        yield member
+
+
+def _zip_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Member:
+    if info.flag_bits & 0x1:
+        raise DataError(
+            f"{archive.name} has an encrypted entry ({info.filename}): "
+            "repack the dataset without a password"
+        )
     mode = info.external_attr >> 16
     if info.is_dir():
         kind = "dir"

@@ -18,7 +18,10 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "MPO")  # MPO: multi-picture JPEG from phone cameras
+# Pillow's JPEG opener also returns multi-picture JPEGs from phone cameras (format "MPO"). "MPO"
+# itself is not a registered opener: listing it makes Image.open raise KeyError for any file that
+# none of the others accepts, instead of UnidentifiedImageError.
+_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
 
 
 class ImageRejected(Exception):
@@ -87,9 +90,12 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
         )
     elif image.mode.startswith("I;16"):
         scaled = array.astype(np.float64) / 257.0  # 65535 -> 255 exactly
-    else:  # "I": 32-bit signed; PNG stores 16-bit greyscale this way too
-        top = 65535.0 if array.max(initial=0) > 255 else 255.0
-        scaled = np.clip(array, 0, top).astype(np.float64) * (255.0 / top)
+    else:
+        # "I" (32-bit signed): among the formats read here only 16-bit greyscale PNG decodes to
+        # it, so it is scaled by the 16-bit range. The scale must not depend on the pixel values:
+        # a dark 16-bit frame (all values <= 255) would otherwise be brightened 257-fold, and the
+        # same stored value would map to different grey levels in different images.
+        scaled = np.clip(array, 0, 65535).astype(np.float64) / 257.0
     grey = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
     return grey.convert("RGB")
 
@@ -107,16 +113,20 @@ def _opened(
             raise ImageRejected("zero-byte file")
     except OSError as exc:
         raise ImageRejected(f"unreadable: {exc.strerror or exc}") from None
-    # Pillow's own bomb guard is a process-wide global; this check uses the caller's limit
-    # on the header's size before any pixel is decoded, and disables the global check locally.
+    # Pillow's own bomb guard is a process-wide global; the caller's limit, checked on the
+    # header's size before any pixel is decoded, is the one that counts, so Pillow's warning is
+    # silenced here. Only its hard error (twice its limit) still applies on top.
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path, formats=_FORMATS)
     except UnidentifiedImageError:
         raise ImageRejected("not an image (or an unsupported format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageRejected("decompression bomb: too many pixels for Pillow's own limit") from None
+    except Image.DecompressionBombError:
+        hard_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageRejected(
+            f"decompression bomb: more than Pillow's hard limit of {hard_limit} pixels"
+        ) from None
     except OSError as exc:
         raise ImageRejected(f"unreadable: {exc}") from None
     with image:
@@ -128,6 +138,9 @@ def _opened(
         if width == 0 or height == 0:
             raise ImageRejected("image has no pixels")
         if draft_size is not None and image.format in ("JPEG", "MPO"):
+            if _orientation(image) in (5, 6, 7, 8):
+                # draft_size is upright; the stored pixels are rotated by 90 degrees
+                draft_size = (draft_size[1], draft_size[0])
             image.draft("RGB", draft_size)
         try:
             previous = ImageFile.LOAD_TRUNCATED_IMAGES

@@ -136,9 +136,16 @@ def ingest_folder(
         counts[c.label] += 1
     empty = [c for c, n in counts.items() if n == 0]
     if empty:
+        # rejected.csv is not written when the run fails, so the message carries the evidence.
+        label_of = {c.source: c.label for c in checked}
+        details = []
+        for label in empty:
+            mine = sorted((_rel(p, root), r) for p, r in rejected if label_of[p] == label)
+            example = f"e.g. {mine[0][0]}: {' '.join(mine[0][1].split())}" if mine else "none"
+            details.append(f"{label}: all {len(mine)} file(s) rejected, {example}")
         raise DataError(
-            f"no usable image for class(es) {', '.join(empty)} in {root} (all rejected; see the "
-            "reasons by running ingest on that folder): fix the images or data.classes"
+            f"no usable image for class(es) {', '.join(empty)} in {root} ({'; '.join(details)}): "
+            "replace the broken images or remove the class from data.classes"
         )
 
     with atomic.atomic_dir(raw_dir) as tmp:
