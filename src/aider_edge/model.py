@@ -17,6 +17,7 @@ from aider_edge.errors import AiderEdgeError
 
 FEATURE_DIM = 960  # channels of MobileNetV3-Large's last feature map
 HIDDEN_DIM = 1280  # torchvision's classifier width
+BN_MOMENTUM = 0.1
 
 
 class Classifier(nn.Module):
@@ -45,6 +46,13 @@ class AiderNet(nn.Module):
             nn.Dropout(p=dropout, inplace=True),
             nn.Linear(HIDDEN_DIM, num_classes),
         )
+        # torchvision's MobileNetV3 uses BatchNorm momentum 0.01, tuned for ImageNet-length runs;
+        # after a few hundred steps from scratch the running statistics are still mostly their
+        # initial values and eval-mode predictions collapse to one class. 0.1 (PyTorch's default)
+        # tracks the real statistics within a short run and changes nothing for long ones.
+        for module in backbone.features.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = BN_MOMENTUM
         self.classifier = Classifier(backbone.features, head)
         # Khosla et al. use a 2-layer MLP on the pooled representation; it is dropped after training.
         self.projection = nn.Sequential(

@@ -1,0 +1,732 @@
+"""Everything MLflow for a training run, so that training code never calls MLflow itself.
+
+:func:`tracked_run` opens one MLflow run per ``(scenario, method)`` and yields a
+:class:`RunTracker`; the training stage hands it plain dicts (derived figures, per-epoch records,
+the ``metrics.json`` dict) and the model. On an exception the run ends ``FAILED`` (``KILLED`` on
+Ctrl-C) and the exception propagates.
+
+Where things go
+    * tracking URI: ``MLFLOW_TRACKING_URI`` when set (used as given), else ``mlflow.tracking_uri``
+      of params.yaml, with a relative ``sqlite:///mlflow.db`` (or plain store path) made absolute
+      against the project root, so stages started from any folder share one store
+      (:func:`resolve_tracking_uri`). An http(s) server is probed before training starts
+      (:func:`check_tracking_server`).
+    * artifacts: for a local sqlite store, an experiment created here stores its artifacts in
+      ``<folder of the .db>/mlruns/<experiment>`` (MLflow's own default would be ``./mlruns``
+      relative to whatever the working directory happens to be). A server decides for itself.
+
+Run contents
+    * name ``<scenario>-<method>``; tags :data:`TAG_SCENARIO`, :data:`TAG_METHOD` and the lineage
+      tags of :func:`lineage_tags`.
+    * params: every key of params.yaml flattened with dots (``train.lr``, ``loss.tau0``,
+      ``split.scenarios.s1``, ``validate.fp32_atol``); lists are JSON strings; then the derived
+      figures (``sigma``, ``tau``, ``lambda``, ``class_count.<class>``, ...) via
+      :meth:`RunTracker.log_derived`.
+    * input: the training split CSV as an MLflow dataset ``train_<scenario>`` (context
+      ``training``, targets ``label``).
+    * metrics: per epoch (step = epoch) every numeric value of the epoch record (``loss``, ``ce``,
+      ``supcon``, ``val_g_mean``, ...); at the end ``val_*`` / ``test_*`` scalars plus
+      ``val_f1.<class>``, ``val_recall.<class>`` (and ``test_`` likewise).
+    * artifacts: ``metrics.json``; ``plots/{val,test}_confusion_matrix.png`` and
+      ``plots/{val,test}_f1_per_class.png``; the classifier as an MLflow model ``model``
+      (an MLflow 3 *logged model* linked to the run, see :meth:`RunTracker.log_model`).
+
+MLflow API choices (mlflow 3.17.2)
+    * The run is opened with the *fluent* API (``mlflow.set_tracking_uri`` + ``mlflow.start_run``)
+      because ``mlflow.pytorch.log_model`` and ``mlflow.log_input`` log into the active run.
+      Everything else goes through an :class:`mlflow.MlflowClient` bound to the resolved URI with
+      the explicit run id, so params, metrics and artifacts cannot land in another active run.
+      ``mlflow.set_tracking_uri`` is process-global and also exports ``MLFLOW_TRACKING_URI``;
+      :func:`tracked_run` restores the previous state when the run ends.
+    * The model is saved with ``serialization_format="pt2"`` (``torch.export``): MLflow's default
+      outside Databricks, a pickle-free format that loads with ``mlflow.pytorch.load_model``
+      without this package or torchvision installed, and the format MLflow can check for pickle
+      payloads when ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``. ``pickle_module`` only applies
+      to the ``"pickle"`` format. pt2 needs an input example and a tensor signature; the example's
+      batch is at least 2 so that the batch dimension is exported as dynamic (size-1 dimensions
+      are specialised to constants by ``torch.export``).
+    * ``pip_requirements`` is given explicitly (MLflow's torch default): otherwise MLflow infers
+      requirements by loading the model in a subprocess, which cost ~15 s per run here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import numbers
+import os
+import re
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import yaml
+
+from aider_edge import atomic, plots
+from aider_edge.config import MlflowConfig, Params
+from aider_edge.errors import AiderEdgeError
+
+log = logging.getLogger(__name__)
+
+# --- tag names (the contract other stages and people rely on) ---------------------------------
+
+TAG_SCENARIO = "scenario"
+TAG_METHOD = "method"
+TAG_GIT_COMMIT = "git_commit"
+"""``git rev-parse HEAD`` of the project root; absent outside a git checkout."""
+TAG_GIT_DIRTY = "git_dirty"
+"""``"true"`` when the checkout has uncommitted changes (the commit alone does not pin the code)."""
+TAG_DVC_SPLIT_MD5 = "dvc_split_md5"
+"""md5 that ``dvc.lock`` records for the DVC output holding the training split: the ``.dir`` hash
+of ``data/splits`` (stage ``split``). Absent before ``dvc.lock`` exists or when it is stale."""
+TAG_DVC_TRAIN_SPLIT_MD5 = "dvc_train_split_md5"
+"""DVC's md5 of the training split file itself, read from the ``.dir`` listing in the DVC cache
+(when the cache holds it): pins this scenario's file rather than the whole splits folder."""
+TAG_DVC_LOCK_STALE = "dvc_lock_stale"
+"""``"true"`` when the split file no longer matches what ``dvc.lock`` recorded (edited or re-split
+outside DVC); the DVC tags are then left out rather than pointing at other data."""
+TAG_TRAIN_SPLIT_SHA256 = "train_split_sha256"
+"""sha256 of the training split CSV's bytes: always present, with or without DVC."""
+TAG_STAGE = "stage"
+"""``"report"`` on the run that holds the report artifacts (training runs have no stage tag)."""
+MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"  # shown by the MLflow UI as the run's commit
+
+DVC_LOCK = "dvc.lock"
+SPLIT_STAGE = "split"
+MODEL_NAME = "model"
+"""``name`` of the logged model (MLflow 3's replacement for ``artifact_path``)."""
+PLOTS_DIR = "plots"
+EXAMPLE_BATCH = 2
+
+# mlflow 3.17.2: mlflow.utils.validation.MAX_PARAM_VAL_LENGTH = 6000, MAX_ENTITY_KEY_LENGTH = 250
+# (older servers had 500/250). Longer values are cut with a marker rather than failing the run.
+MAX_PARAM_VALUE = 6000
+MAX_KEY = 250
+PROBE_TIMEOUT_S = 5.0
+
+
+# --- where the store is ------------------------------------------------------------------------
+
+
+def resolve_tracking_uri(cfg: MlflowConfig, root: Path) -> str:
+    """The tracking URI a stage uses: the env var wins, else params made absolute against root.
+
+    ``MLFLOW_TRACKING_URI`` is used exactly as given (MLflow's own semantics: a relative sqlite
+    path is relative to the working directory). From params.yaml, ``sqlite:///mlflow.db`` becomes
+    ``sqlite:////<root>/mlflow.db`` and a plain relative store path ``<root>/<path>``; absolute
+    paths, ``:memory:`` and server URIs are unchanged.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    uri = cfg.tracking_uri.strip()
+    root = Path(root).resolve()
+    if uri.startswith("sqlite:///"):
+        path, sep, query = uri.removeprefix("sqlite:///").partition("?")
+        if path and path != ":memory:" and not path.startswith("/"):
+            return f"sqlite:///{(root / path).resolve()}{sep}{query}"
+        return uri
+    if _is_plain_path(uri) and not Path(uri).is_absolute():
+        return str((root / uri).resolve())
+    return uri
+
+
+def _is_plain_path(uri: str) -> bool:
+    """A store given as a filesystem path (``mlruns``), not a URI (``databricks`` has none)."""
+    return bool(uri) and not urlsplit(uri).scheme and not uri.startswith("databricks")
+
+
+def check_tracking_server(uri: str) -> None:
+    """Fail fast, with one line, when the tracking store cannot be used.
+
+    http(s): ``GET <uri>/health`` (MLflow's health endpoint) with a short timeout; a refused
+    connection, a timeout, a 404 (not an MLflow server) or a 5xx raises :class:`AiderEdgeError`.
+    An authentication error (401/403) counts as reachable: credentials are MLflow's business
+    (``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or ``MLFLOW_TRACKING_TOKEN``).
+    sqlite / local file stores: the folder must exist (it is created) and be writable.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        _probe_server(uri, parts)
+        return
+    local = _local_store_path(uri)
+    if local is None:
+        return  # another scheme (databricks, ...): MLflow reports its own problems
+    folder = local if parts.scheme in ("", "file") else local.parent
+    fix = "set mlflow.tracking_uri or MLFLOW_TRACKING_URI to a writable location"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AiderEdgeError(
+            f"MLflow tracking store {uri}: cannot create {folder} ({exc.strerror}); {fix}"
+        ) from None
+    target = local if local.exists() else folder
+    if not os.access(target, os.W_OK):
+        raise AiderEdgeError(f"MLflow tracking store {uri}: {target} is not writable; {fix}")
+
+
+def _probe_server(uri: str, parts) -> None:
+    shown = redact_uri(uri)
+    # Rebuilt without user:password@ (urllib cannot send it; credentials are MLflow's business).
+    netloc = parts.netloc.rpartition("@")[2]
+    url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    fix = (
+        "start it (e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000`) or set "
+        "MLFLOW_TRACKING_URI (or mlflow.tracking_uri in params.yaml) to a running server"
+    )
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        reason = " ".join(str(reason).split())  # one line
+        raise AiderEdgeError(
+            f"MLflow tracking server {shown} is not reachable ({reason}); {fix}"
+        ) from None
+    if status == 404 or status >= 500:
+        raise AiderEdgeError(
+            f"MLflow tracking server {shown} answered HTTP {status} on /health "
+            f"(not a working MLflow server?); {fix}"
+        )
+
+
+def _local_store_path(uri: str) -> Path | None:
+    """The filesystem path of a sqlite or file store, ``None`` for anything else."""
+    parts = urlsplit(uri)
+    if parts.scheme == "sqlite":
+        path = uri.removeprefix("sqlite:///").partition("?")[0]
+        if not uri.startswith("sqlite:///") or not path or path == ":memory:":
+            return None
+        return Path(path) if path.startswith("/") else Path.cwd() / path
+    if parts.scheme == "file":
+        return Path(parts.path)
+    if _is_plain_path(uri):
+        return Path(uri).resolve()
+    return None
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without a ``user:password@`` part (for messages and files)."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https") and "@" in parts.netloc:
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return uri
+
+
+# --- lineage -------------------------------------------------------------------------------------
+
+
+def git_commit(root: Path) -> str | None:
+    """``git rev-parse HEAD`` in ``root``; ``None`` outside git, without commits or without git."""
+    out = _git(root, "rev-parse", "--verify", "--quiet", "HEAD")
+    if out is None:
+        return None
+    sha = out.strip()
+    return sha if re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", sha) else None
+
+
+def git_dirty(root: Path) -> bool | None:
+    """Whether tracked or untracked, non-ignored files differ from HEAD; ``None`` outside git."""
+    out = _git(root, "status", "--porcelain")
+    return None if out is None else bool(out.strip())
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def dvc_hash(root: Path, path: Path) -> str | None:
+    """The md5 ``dvc.lock`` records for the DVC output that holds ``path``.
+
+    For a training split that is the ``data/splits`` directory output of stage ``split``, whose
+    md5 ends in ``.dir``; a file output gives the file's md5. Stage ``split`` is searched first,
+    then the others. ``None`` without ``dvc.lock``, when no output holds ``path``, or when the
+    lock cannot be read.
+    """
+    root = Path(root).resolve()
+    rel = _relative(path, root)
+    if rel is None:
+        return None
+    stages = _lock_stages(root)
+    for name in sorted(stages, key=lambda n: n != SPLIT_STAGE):
+        stage = stages[name]
+        outs = stage.get("outs") if isinstance(stage, dict) else None
+        for out in outs or []:
+            if not isinstance(out, dict) or not isinstance(out.get("path"), str):
+                continue
+            out_path = PurePosixPath(out["path"])
+            md5 = out.get("md5")
+            if (rel == out_path or out_path in rel.parents) and isinstance(md5, str) and md5:
+                return md5
+    return None
+
+
+def dvc_file_md5(root: Path, path: Path, dir_md5: str) -> str | None:
+    """DVC's md5 of ``path`` inside the directory output ``dir_md5``, from the DVC cache.
+
+    DVC keeps the listing of a directory output as a JSON file named after its ``.dir`` hash in
+    the cache (``.dvc/cache/files/md5/ab/cdef....dir`` in DVC 3, ``.dvc/cache/ab/cdef....dir`` in
+    DVC 2). ``None`` when it is not there (no cache, another cache.dir, a file output).
+    """
+    root = Path(root).resolve()
+    rel = _relative(path, root)
+    if rel is None or not dir_md5.endswith(".dir") or len(dir_md5) < 3:
+        return None
+    out_dir = _output_dir_of(root, rel)
+    if out_dir is None:
+        return None
+    inner = rel.relative_to(out_dir).as_posix()
+    cache = root / ".dvc" / "cache"
+    for listing in (
+        cache / "files" / "md5" / dir_md5[:2] / dir_md5[2:],
+        cache / dir_md5[:2] / dir_md5[2:],
+    ):
+        try:
+            entries = json.loads(listing.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and entry.get("relpath") == inner:
+                md5 = entry.get("md5")
+                return md5 if isinstance(md5, str) else None
+    return None
+
+
+def _lock_stages(root: Path) -> dict:
+    try:
+        lock = yaml.safe_load((root / DVC_LOCK).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    return stages if isinstance(stages, dict) else {}
+
+
+def _output_dir_of(root: Path, rel: PurePosixPath) -> PurePosixPath | None:
+    for stage in _lock_stages(root).values():
+        for out in (stage.get("outs") if isinstance(stage, dict) else None) or []:
+            if isinstance(out, dict) and isinstance(out.get("path"), str):
+                out_path = PurePosixPath(out["path"])
+                if out_path in rel.parents:
+                    return out_path
+    return None
+
+
+def _relative(path: Path, root: Path) -> PurePosixPath | None:
+    path = Path(path)
+    path = (path if path.is_absolute() else root / path).resolve()
+    try:
+        return PurePosixPath(path.relative_to(root).as_posix())
+    except ValueError:
+        return None
+
+
+def _file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def lineage_tags(root: Path, train_split_csv: Path) -> dict[str, str]:
+    """Code and data lineage of a run (see the ``TAG_*`` constants for each name)."""
+    root = Path(root).resolve()
+    tags = {TAG_TRAIN_SPLIT_SHA256: _file_digest(train_split_csv, "sha256")}
+    commit = git_commit(root)
+    if commit is not None:
+        tags[TAG_GIT_COMMIT] = tags[MLFLOW_GIT_COMMIT] = commit
+        dirty = git_dirty(root)
+        if dirty is not None:
+            tags[TAG_GIT_DIRTY] = str(dirty).lower()
+    dir_md5 = dvc_hash(root, train_split_csv)
+    if dir_md5 is not None:
+        file_md5 = dvc_file_md5(root, train_split_csv, dir_md5)
+        if file_md5 is not None and file_md5 != _file_digest(train_split_csv, "md5"):
+            log.warning(
+                "%s differs from what %s recorded: the DVC hash tags are left out "
+                "(run `dvc repro` to version the split)",
+                train_split_csv,
+                DVC_LOCK,
+            )
+            tags[TAG_DVC_LOCK_STALE] = "true"
+        else:
+            tags[TAG_DVC_SPLIT_MD5] = dir_md5
+            if file_md5 is not None:
+                tags[TAG_DVC_TRAIN_SPLIT_MD5] = file_md5
+    return tags
+
+
+# --- params --------------------------------------------------------------------------------------
+
+
+def flatten_params(params: Params) -> dict[str, str]:
+    """params.yaml as MLflow params: dotted keys, JSON for non-strings, values within limits."""
+    flat: dict[str, str] = {}
+    _flatten("", params.model_dump(by_alias=True, mode="json"), flat)
+    return flat
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, Mapping) and value:
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
+        return
+    out[_key(prefix)] = _param_value(value)
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, np.generic):
+        value = value.item()
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(text) > MAX_PARAM_VALUE:
+        marker = "...[truncated]"
+        text = text[: MAX_PARAM_VALUE - len(marker)] + marker
+    return text
+
+
+_BAD_KEY_CHARS = re.compile(r"[^\w.\-/ :]")
+
+
+def _key(key: str) -> str:
+    """A key MLflow accepts: characters outside ``[\\w.-/ :]`` become ``_``, at most 250 long."""
+    return _BAD_KEY_CHARS.sub("_", key)[:MAX_KEY]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+class RunTracker:
+    """Logging into one open MLflow run (made by :func:`tracked_run`, not directly)."""
+
+    def __init__(
+        self, client, run_id: str, experiment_id: str, tracking_uri: str, scenario: str, method: str
+    ) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.tracking_uri = tracking_uri
+        self.scenario = scenario
+        self.method = method
+        self.model_uri: str | None = None
+        """``models:/<model_id>`` of the logged classifier, once :meth:`log_model` ran."""
+        self._next_step = 0  # one past the last epoch step logged
+
+    # params and metrics go through the client, bound to this run id
+    def log_params(self, values: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in values.items()])
+
+    def log_metrics(self, values: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(step)) for k, v in values.items()]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_derived(self, record: Mapping[str, Any]) -> None:
+        """Figures derived from the training split, as params.
+
+        ``None`` values are skipped (tau and lambda of methods without them); ``class_counts``
+        ({class: n}, or a list) becomes ``class_count.<class>``; other mappings are flattened with
+        dots, lists become JSON strings (e.g. ``class_weights``), scalars are logged as they are.
+        """
+        values: dict[str, str] = {}
+        for key, value in record.items():
+            if value is None:
+                continue
+            if key == "class_counts":
+                counts = value if isinstance(value, Mapping) else dict(enumerate(value))
+                for name, count in counts.items():
+                    values[_key(f"class_count.{name}")] = _param_value(count)
+            elif isinstance(value, Mapping):
+                _flatten(key, value, values)
+            else:
+                values[_key(key)] = _param_value(value)
+        self.log_params(values)
+
+    def log_epoch(self, record: Mapping[str, Any], step: int) -> None:
+        """Every numeric value of an epoch record as a metric at ``step`` (``epoch`` itself is
+        the step and is not logged again; strings, lists and ``None`` are skipped)."""
+        self.log_metrics(
+            {_key(k): v for k, v in record.items() if k != "epoch" and _is_number(v)},
+            step=step,
+        )
+        self._next_step = max(self._next_step, int(step) + 1)
+
+    def log_final(self, metrics: Mapping[str, Any], out_dir: Path) -> None:
+        """The run's result: ``val_*``/``test_*`` metrics, ``metrics.json`` and the plots.
+
+        ``metrics`` is the full ``metrics.json`` dict, already written to ``out_dir/metrics.json``
+        by the stage; that file is logged as an artifact. Per block, the scalars become
+        ``<block>_<name>`` and the per-class F1/recall ``<block>_f1.<class>`` /
+        ``<block>_recall.<class>``. The confusion-matrix and per-class-F1 figures are drawn in a
+        temporary folder and logged under ``plots/`` (they are not left in ``out_dir``, which
+        holds exactly the stage's DVC outputs).
+
+        The metrics are logged at the step after the last epoch: an epoch record also holds
+        ``val_g_mean`` etc., and MLflow shows (and ``search_runs`` filters on) the value of the
+        highest step, which must be the final model's, not the last epoch's. The history chart
+        thus ends with one point for the final (best-epoch) model.
+        """
+        values: dict[str, float] = {}
+        blocks = {b: metrics[b] for b in ("val", "test") if isinstance(metrics.get(b), Mapping)}
+        for block, block_metrics in blocks.items():
+            for key, value in block_metrics.items():
+                if _is_number(value):
+                    values[_key(f"{block}_{key}")] = value
+            for source, name in (("f1_per_class", "f1"), ("recall_per_class", "recall")):
+                for cls, value in (block_metrics.get(source) or {}).items():
+                    if _is_number(value):
+                        values[_key(f"{block}_{name}.{cls}")] = value
+        self.log_metrics(values, step=self._next_step)
+
+        self.client.log_artifact(self.run_id, str(Path(out_dir) / "metrics.json"))
+        with tempfile.TemporaryDirectory(prefix="aider-edge-plots-") as tmp:
+            for block, block_metrics in blocks.items():
+                self._draw(block, block_metrics, Path(tmp))
+            if any(Path(tmp).iterdir()):
+                self.client.log_artifacts(self.run_id, tmp, PLOTS_DIR)
+
+    def _draw(self, block: str, block_metrics: Mapping[str, Any], folder: Path) -> None:
+        run = f"{self.scenario}-{self.method}"
+        f1 = block_metrics.get("f1_per_class")
+        matrix = block_metrics.get("confusion_matrix")
+        if isinstance(f1, Mapping) and f1:
+            fig = plots.per_class_f1_figure(f1, f"{run}: per-class F1 ({block})")
+            plots.save_figure(fig, folder / f"{block}_f1_per_class.png")
+            if matrix:
+                fig = plots.confusion_matrix_figure(
+                    matrix, list(f1), f"{run}: confusion matrix ({block})"
+                )
+                plots.save_figure(fig, folder / f"{block}_confusion_matrix.png")
+
+    def log_model(self, model, example: np.ndarray) -> str:
+        """Log the classifier as MLflow model ``model`` (pt2); return its ``models:/`` URI.
+
+        ``example`` is an input batch: float (already normalised, NCHW) or uint8 pixels (NCHW or
+        NHWC, normalised here as in training). Its first two images (repeated when there is one)
+        become the ``input_example``; the signature is inferred from them and the model's logits
+        (``mlflow.models.infer_signature``), a float32 tensor spec with a dynamic batch dimension.
+        A copy of the model is exported in eval mode; ``model`` itself is left as it is.
+        """
+        import mlflow
+        import mlflow.pytorch
+        import torch
+
+        self._require_active()
+        x = _float_example(example)
+        # A copy in eval mode with contiguous weights: the caller's model keeps its mode, and
+        # channels_last weights would make every torch.export.load warn "No complete tensor
+        # found in the group" (harmless on CPU, but alarming for whoever loads the model).
+        exported = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
+        with torch.no_grad():
+            logits = exported(torch.from_numpy(x)).detach().cpu().numpy()
+        signature = mlflow.models.infer_signature(x, logits)
+        info = mlflow.pytorch.log_model(
+            exported,
+            name=MODEL_NAME,
+            signature=signature,
+            input_example=x,
+            serialization_format="pt2",
+            pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
+        )
+        self.model_uri = info.model_uri
+        return info.model_uri
+
+    def log_dataset(self, csv_path: Path, name: str) -> None:
+        """The split CSV as an MLflow dataset input (context ``training``, targets ``label``)."""
+        import mlflow
+        import pandas as pd
+        from mlflow.data.sources import LocalArtifactDatasetSource
+
+        self._require_active()
+        csv_path = Path(csv_path).resolve()
+        # An explicit source: a plain path string makes MLflow warn that two (identical) local
+        # sources could resolve it (mlflow/mlflow#9702).
+        dataset = mlflow.data.from_pandas(
+            pd.read_csv(csv_path),
+            source=LocalArtifactDatasetSource(str(csv_path)),
+            name=name,
+            targets="label",
+        )
+        mlflow.log_input(dataset, context="training")
+
+    def write_run_json(self, out_dir: Path) -> Path:
+        """``out_dir/run.json``: ``run_id``, ``experiment_id``, ``tracking_uri`` (credentials
+        removed), plus ``model_uri`` once a model was logged (what the registry registers)."""
+        payload = {
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "tracking_uri": redact_uri(self.tracking_uri),
+        }
+        if self.model_uri is not None:
+            payload["model_uri"] = self.model_uri
+        target = Path(out_dir) / "run.json"
+        atomic.write_json(target, payload)
+        return target
+
+    def _require_active(self) -> None:
+        import mlflow
+
+        active = mlflow.active_run()
+        if active is None or active.info.run_id != self.run_id:
+            raise RuntimeError(f"MLflow run {self.run_id} is not the active run")
+
+
+def _float_example(example: Any) -> np.ndarray:
+    """A contiguous float32 NCHW batch of exactly EXAMPLE_BATCH images."""
+    x = np.asarray(example)
+    if x.ndim != 4:
+        raise ValueError(f"example must be a 4-d image batch, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("example batch is empty")
+    x = x[:EXAMPLE_BATCH]
+    if x.shape[0] < EXAMPLE_BATCH:
+        x = np.concatenate([x] * EXAMPLE_BATCH)[:EXAMPLE_BATCH]
+    if x.dtype == np.uint8:
+        import torch
+
+        from aider_edge.data.augment import normalize
+
+        pixels = torch.from_numpy(np.ascontiguousarray(x))
+        if pixels.shape[1] != 3 and pixels.shape[-1] == 3:
+            pixels = pixels.permute(0, 3, 1, 2)  # NHWC -> NCHW
+        x = normalize(pixels).numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _experiment_id(client, name: str, uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)  # created by a parallel stage
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise AiderEdgeError(
+            f"MLflow experiment {name!r} is deleted in {redact_uri(uri)}: restore it "
+            f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or set "
+            "mlflow.experiment in params.yaml to another name"
+        )
+    return experiment.experiment_id
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """``<folder of the .db>/mlruns/<experiment>`` for a local sqlite store, else MLflow's choice."""
+    if not uri.startswith("sqlite:"):
+        return None
+    db = _local_store_path(uri)
+    if db is None:
+        return None
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("._") or "experiment"
+    return (db.parent / "mlruns" / slug).as_uri()
+
+
+def _open(params: Params, root: Path):
+    """Resolve, check and connect: (uri, client, experiment id)."""
+    from mlflow import MlflowClient
+
+    uri = resolve_tracking_uri(params.mlflow, root)
+    check_tracking_server(uri)
+    client = MlflowClient(tracking_uri=uri)
+    return uri, client, _experiment_id(client, params.mlflow.experiment, uri)
+
+
+@contextlib.contextmanager
+def tracked_run(
+    params: Params, root: Path, scenario: str, method: str, train_split_csv: Path
+) -> Iterator[RunTracker]:
+    """One MLflow run ``<scenario>-<method>`` with params, lineage tags and the training input.
+
+    Ends ``FINISHED`` when the block completes, ``FAILED`` when it raises (``KILLED`` on
+    KeyboardInterrupt); the exception propagates.
+    """
+    import mlflow
+
+    root = Path(root).resolve()
+    train_split_csv = Path(train_split_csv)
+    if not train_split_csv.is_absolute():
+        train_split_csv = root / train_split_csv
+    uri, client, experiment_id = _open(params, root)
+    tags = {TAG_SCENARIO: scenario, TAG_METHOD: method, **lineage_tags(root, train_split_csv)}
+
+    # The fluent API (log_model, log_input) needs the global URI. mlflow.set_tracking_uri also
+    # exports MLFLOW_TRACKING_URI into os.environ, which would then override params.yaml for every
+    # later stage in this process: the previous state is restored on the way out.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        run = mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"{scenario}-{method}", tags=tags
+        )
+        tracker = RunTracker(client, run.info.run_id, experiment_id, uri, scenario, method)
+        try:
+            tracker.log_params(flatten_params(params))
+            tracker.log_dataset(train_split_csv, f"train_{scenario}")
+            yield tracker
+        except BaseException as exc:
+            mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        mlflow.end_run("FINISHED")
+    finally:
+        mlflow.set_tracking_uri(previous)  # None unsets both the global and the env var
+
+
+def log_report(params: Params, root: Path, files: Iterable[Path]) -> str:
+    """Log the report stage's files into a run ``report`` (tag ``stage=report``); its run id.
+
+    Client API only (no active run is needed); the files land under the artifact folder
+    ``report/``.
+    """
+    root = Path(root).resolve()
+    _, client, experiment_id = _open(params, root)
+    tags = {TAG_STAGE: "report"}
+    commit = git_commit(root)
+    if commit is not None:
+        tags[TAG_GIT_COMMIT] = tags[MLFLOW_GIT_COMMIT] = commit
+    run = client.create_run(experiment_id, run_name="report", tags=tags)
+    run_id = run.info.run_id
+    try:
+        for path in files:
+            path = Path(path)
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), f"report/{path.name}")
+            else:
+                client.log_artifact(run_id, str(path), "report")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id

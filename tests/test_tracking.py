@@ -1,0 +1,376 @@
+"""MLflow tracking against a real sqlite store in a temporary folder (never the repo's mlflow.db).
+
+One store is shared by the module: creating an MLflow database runs its migrations (seconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from aider_edge import atomic, tracking
+from aider_edge.config import MlflowConfig
+from aider_edge.errors import AiderEdgeError
+from aider_edge.metrics import classification_metrics
+from conftest import small_params
+
+CLASSES = ["collapsed_building", "fire", "flooded_areas", "traffic_incident", "normal"]
+DIR_MD5 = "0123456789abcdef0123456789abcdef.dir"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow(monkeypatch, tmp_path):
+    """No inherited MLFLOW_TRACKING_URI; a stray default store would land in tmp, not the repo."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield
+    if mlflow.active_run() is not None:  # a failed test must not leak an active run
+        mlflow.end_run("FAILED")
+    mlflow.set_tracking_uri(None)
+
+
+def _load(model_uri: str, store: str):
+    """``models:/<id>`` resolves through the global tracking URI (restored by tracked_run)."""
+    mlflow.set_tracking_uri(store)
+    return mlflow.pytorch.load_model(model_uri)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    MlflowClient(uri).search_experiments()  # create the schema once
+    return uri
+
+
+def _git(root: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A committed git checkout with a training split, its dvc.lock and DVC's .dir listing."""
+    root = tmp_path_factory.mktemp("project")
+    splits = root / "data" / "splits"
+    splits.mkdir(parents=True)
+    rows = ["path,label,sha256"] + [
+        f"data/raw/images/{i:02d}.png,{CLASSES[i % 5]},{hashlib.sha256(bytes([i])).hexdigest()}"
+        for i in range(20)
+    ]
+    csv = splits / "train_s1.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    (splits / "val.csv").write_text("path,label,sha256\n")
+    (root / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  split:\n    cmd: aider-edge split\n    outs:\n"
+        f"    - path: data/splits\n      hash: md5\n      md5: {DIR_MD5}\n      nfiles: 2\n"
+    )
+    listing = root / ".dvc" / "cache" / "files" / "md5" / DIR_MD5[:2] / DIR_MD5[2:]
+    listing.parent.mkdir(parents=True)
+    file_md5 = hashlib.md5(csv.read_bytes()).hexdigest()
+    listing.write_text(
+        json.dumps(
+            [{"md5": file_md5, "relpath": "train_s1.csv"}, {"md5": "x", "relpath": "val.csv"}]
+        )
+    )
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-q", "-m", "init")
+    return root
+
+
+def _params(uri: str, experiment: str = "tracking-tests"):
+    return small_params(mlflow={"tracking_uri": uri, "experiment": experiment})
+
+
+def _metrics_json(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(5), 6)
+    pred = np.where(rng.random(y.size) < 0.7, y, rng.integers(0, 5, y.size))
+    block = classification_metrics(y, pred, CLASSES)
+    return {
+        "scenario": "s1",
+        "method": "adaptive",
+        "sigma": 0.3,
+        "tau": 0.07,
+        "lambda": 0.65,
+        "class_counts": dict.fromkeys(CLASSES, 4),
+        "val": block,
+        "test": classification_metrics(y, np.roll(pred, 1), CLASSES),
+    }
+
+
+def test_tracked_run_records_params_tags_metrics_artifacts_model_and_input(
+    store, project, tmp_path
+):
+    csv = project / "data" / "splits" / "train_s1.csv"
+    out_dir = tmp_path / "models" / "s1-adaptive"
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    example = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    metrics = _metrics_json()
+
+    with tracking.tracked_run(_params(store), project, "s1", "adaptive", csv) as run:
+        run.log_derived(
+            {
+                "sigma": 0.3,
+                "tau": 0.07,
+                "lambda": None,
+                "class_counts": dict(zip(CLASSES, [1, 1, 1, 1, 16], strict=True)),
+                "class_weights": [1.5, 1.5, 1.5, 1.5, 0.1],
+            }
+        )
+        for epoch in range(3):
+            record = {"epoch": epoch, "loss": 2.0 - epoch, "ce": 1.0, "val_g_mean": 0.1 * epoch}
+            run.log_epoch({**record, "note": "text is skipped"}, step=epoch)
+        atomic.write_json(out_dir / "metrics.json", metrics)  # the stage writes, the tracker logs
+        run.log_final(metrics, out_dir)
+        model_uri = run.log_model(model, example)
+        run.write_run_json(out_dir)
+        assert os.environ["MLFLOW_TRACKING_URI"] == store  # fluent API bound to the store
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # restored: params.yaml still decides later
+
+    client = MlflowClient(store)
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED"
+    assert got.info.run_name == "s1-adaptive"
+    assert got.info.artifact_uri.startswith((Path(store[10:]).parent / "mlruns").as_uri())
+
+    p = got.data.params
+    assert p["train.lr"] == "0.001" and p["seed"] == "7"
+    assert p["split.scenarios.s1"] == "[0.05, 0.05, 0.05, 0.05, 0.8]"
+    assert json.loads(p["data.classes"]) == CLASSES
+    assert p["validate.fp32_atol"] == "0.0001"  # the alias, not validate_
+    assert p["mlflow.experiment"] == "tracking-tests"
+    assert p["sigma"] == "0.3" and p["tau"] == "0.07" and "lambda" not in p
+    assert p["class_count.normal"] == "16" and p["class_count.fire"] == "1"
+    assert json.loads(p["class_weights"]) == [1.5, 1.5, 1.5, 1.5, 0.1]
+
+    t = got.data.tags
+    head = _git(project, "rev-parse", "HEAD")
+    assert t["git_commit"] == head and t["mlflow.source.git.commit"] == head
+    assert t["git_dirty"] == "false"
+    assert t["scenario"] == "s1" and t["method"] == "adaptive"
+    assert t["dvc_split_md5"] == DIR_MD5
+    assert t["dvc_train_split_md5"] == hashlib.md5(csv.read_bytes()).hexdigest()
+    assert t["train_split_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
+    assert "dvc_lock_stale" not in t
+
+    history = client.get_metric_history(run.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 1.0), (2, 0.0)]
+    # the final (best-epoch) value comes after the epochs, so it is the run's val_g_mean
+    val_history = client.get_metric_history(run.run_id, "val_g_mean")
+    assert [m.step for m in val_history] == [0, 1, 2, 3]
+    assert val_history[-1].value == pytest.approx(metrics["val"]["g_mean"])
+    assert "epoch" not in got.data.metrics and "note" not in got.data.metrics
+    m = got.data.metrics
+    assert m["val_g_mean"] == pytest.approx(metrics["val"]["g_mean"])
+    assert m["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert m["val_f1.fire"] == pytest.approx(metrics["val"]["f1_per_class"]["fire"])
+    assert m["test_recall.normal"] == pytest.approx(metrics["test"]["recall_per_class"]["normal"])
+
+    top = {a.path for a in client.list_artifacts(run.run_id)}
+    assert {"metrics.json", "plots"} <= top
+    assert {a.path for a in client.list_artifacts(run.run_id, "plots")} == {
+        f"plots/{b}_{kind}.png"
+        for b in ("val", "test")
+        for kind in ("confusion_matrix", "f1_per_class")
+    }
+    logged = mlflow.artifacts.download_artifacts(
+        run_id=run.run_id,
+        artifact_path="metrics.json",
+        dst_path=str(tmp_path / "dl"),
+        tracking_uri=store,
+    )
+    assert json.loads(Path(logged).read_text()) == metrics
+    assert sorted(p.name for p in out_dir.iterdir()) == ["metrics.json", "run.json"]
+
+    inputs = got.inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["train_s1"]
+    assert {tag.key: tag.value for tag in inputs[0].tags}["mlflow.data.context"] == "training"
+    assert json.loads(inputs[0].dataset.source) == {"uri": str(csv)}
+    assert json.loads(inputs[0].dataset.profile)["num_rows"] == 20
+
+    run_json = json.loads((out_dir / "run.json").read_text())
+    assert run_json == {
+        "run_id": run.run_id,
+        "experiment_id": got.info.experiment_id,
+        "tracking_uri": store,
+        "model_uri": model_uri,
+    }
+    assert client.get_experiment(run_json["experiment_id"]).name == "tracking-tests"
+
+    assert model_uri.split("/")[-1] in {o.model_id for o in got.outputs.model_outputs}
+    loaded = _load(model_uri, store)
+    batch = torch.from_numpy(np.random.default_rng(1).standard_normal((3, 3, 8, 8)).astype("f4"))
+    with torch.no_grad():  # batch 3 != the example's 2: the batch dimension is dynamic
+        torch.testing.assert_close(loaded(batch), model(batch))
+
+
+def test_exception_inside_the_run_marks_it_failed(store, project):
+    csv = project / "data" / "splits" / "train_s1.csv"
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        tracking.tracked_run(_params(store), project, "s1", "baseline", csv) as run,
+    ):
+        run.log_epoch({"epoch": 0, "loss": 1.0}, step=0)
+        raise RuntimeError("boom")
+    assert mlflow.active_run() is None
+    got = MlflowClient(store).get_run(run.run_id)
+    assert got.info.status == "FAILED"
+    assert got.data.metrics["loss"] == 1.0
+
+
+def test_real_classifier_logs_and_loads_back_with_the_same_logits(store, project):
+    from aider_edge.model import build_model
+
+    torch.manual_seed(0)
+    classifier = build_model(5).classifier_only().to(memory_format=torch.channels_last)
+    classifier.train()  # log_model must export an eval-mode copy and leave this one alone
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)  # NHWC
+    csv = project / "data" / "splits" / "train_s1.csv"
+    with tracking.tracked_run(_params(store), project, "s1", "baseline", csv) as run:
+        model_uri = run.log_model(classifier, pixels)
+    assert classifier.training
+
+    classifier.eval()
+    loaded = _load(model_uri, store)
+    batch = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch), classifier(batch), rtol=1e-4, atol=1e-5)
+    info = mlflow.models.get_model_info(model_uri)
+    assert info.signature.inputs.inputs[0].shape == (-1, 3, 32, 32)
+    assert info.signature.outputs.inputs[0].shape == (-1, 5)
+    assert "pytorch" in info.flavors
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_is_one_clear_line_and_env_var_wins(project, monkeypatch):
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(AiderEdgeError) as err:
+        tracking.check_tracking_server(dead)
+    message = str(err.value)
+    assert "\n" not in message and dead in message and "MLFLOW_TRACKING_URI" in message
+
+    # params point at a local store, the env var at the dead server: the env var wins, and
+    # tracked_run refuses before any run is created.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    csv = project / "data" / "splits" / "train_s1.csv"
+    with (
+        pytest.raises(AiderEdgeError, match="not reachable"),
+        tracking.tracked_run(_params("sqlite:///unused.db"), project, "s1", "baseline", csv),
+    ):
+        pytest.fail("the run must not start")
+    assert not (project / "unused.db").exists()
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_live_server_passes_and_a_non_mlflow_server_fails():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        tracking.check_tracking_server(base)
+        tracking.check_tracking_server(base + "/")
+        with pytest.raises(AiderEdgeError, match="HTTP 404"):
+            tracking.check_tracking_server(base + "/not-mlflow")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_resolve_tracking_uri(tmp_path, monkeypatch):
+    root = tmp_path / "proj"
+    assert tracking.resolve_tracking_uri(MlflowConfig(), root) == f"sqlite:///{root}/mlflow.db"
+    absolute = f"sqlite:///{tmp_path}/other.db"
+    cfg = MlflowConfig(tracking_uri=absolute)
+    assert tracking.resolve_tracking_uri(cfg, root) == absolute
+    cfg = MlflowConfig(tracking_uri="http://mlflow.internal:5000")
+    assert tracking.resolve_tracking_uri(cfg, root) == "http://mlflow.internal:5000"
+    cfg = MlflowConfig(tracking_uri="mlruns")
+    assert tracking.resolve_tracking_uri(cfg, root) == str(root / "mlruns")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://elsewhere:5000")
+    assert tracking.resolve_tracking_uri(MlflowConfig(), root) == "http://elsewhere:5000"
+
+
+def test_local_store_folder_must_be_writable(tmp_path):
+    tracking.check_tracking_server(f"sqlite:///{tmp_path}/new/sub/mlflow.db")
+    assert (tmp_path / "new" / "sub").is_dir()  # created
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(AiderEdgeError, match="cannot create"):
+        tracking.check_tracking_server(f"sqlite:///{blocker}/mlflow.db")
+
+
+def test_lineage_outside_git_and_dvc_and_with_a_stale_lock(tmp_path, project):
+    csv = tmp_path / "train_s1.csv"
+    csv.write_text("path,label,sha256\na.png,fire,00\n")
+    assert tracking.git_commit(tmp_path) is None
+    assert tracking.dvc_hash(tmp_path, csv) is None
+    assert tracking.lineage_tags(tmp_path, csv) == {
+        "train_split_sha256": hashlib.sha256(csv.read_bytes()).hexdigest()
+    }
+
+    stale = tmp_path / "stale"
+    (stale / "data" / "splits").mkdir(parents=True)
+    (stale / "dvc.lock").write_bytes((project / "dvc.lock").read_bytes())
+    cache = Path(".dvc/cache/files/md5") / DIR_MD5[:2] / DIR_MD5[2:]
+    (stale / cache).parent.mkdir(parents=True)
+    (stale / cache).write_bytes((project / cache).read_bytes())
+    edited = stale / "data" / "splits" / "train_s1.csv"
+    edited.write_text("path,label,sha256\nedited.png,fire,00\n")  # re-split outside DVC
+    assert tracking.dvc_hash(stale, edited) == DIR_MD5
+    tags = tracking.lineage_tags(stale, edited)
+    assert tags["dvc_lock_stale"] == "true"
+    assert "dvc_split_md5" not in tags and "dvc_train_split_md5" not in tags
+    assert tracking.dvc_hash(stale, stale / "elsewhere.csv") is None
+
+
+def test_report_files_are_logged_into_a_report_run(store, project, tmp_path):
+    files = [tmp_path / "summary.md", tmp_path / "metrics.csv"]
+    for path in files:
+        path.write_text("x\n")
+    run_id = tracking.log_report(_params(store), project, files)
+    client = MlflowClient(store)
+    got = client.get_run(run_id)
+    assert got.info.status == "FINISHED" and got.info.run_name == "report"
+    assert got.data.tags["stage"] == "report"
+    assert got.data.tags["git_commit"] == _git(project, "rev-parse", "HEAD")
+    assert {a.path for a in client.list_artifacts(run_id, "report")} == {
+        "report/summary.md",
+        "report/metrics.csv",
+    }
