@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from aider_edge.config import AIDER_CLASSES, Params, parse_params
@@ -55,3 +60,61 @@ def write_image_tree(root: Path, per_class: dict[str, int], size: int = 16, seed
 @pytest.fixture
 def aider_classes() -> list[str]:
     return list(AIDER_CLASSES)
+
+
+# --- a real project in a temporary git + DVC repository -------------------------------------
+
+TINY_PROJECT = {
+    "seed": 3,
+    "data": {"image_size": 32, "synthetic": {"per_class": 60, "image_size": 48}},
+    "split": {"train_size": 60, "val_per_class": 4, "test_per_class": 4},
+    "train": {"epochs": 1, "batch_size": 16, "num_threads": 2},
+}
+
+
+def run_command(cmd: list[str], cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
+    """Run a project command (``dvc``, ``aider-edge``, ``git``) with this venv first on PATH."""
+    env = os.environ | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if ok:
+        assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def deep_update(base: dict, overrides: dict) -> dict:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def edit_params(repo: Path, overrides: dict) -> None:
+    path = repo / "params.yaml"
+    params = deep_update(yaml.safe_load(path.read_text()), overrides)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def dvc_repo(tmp_path: Path) -> Path:
+    """This project's dvc.yaml, code and params (shrunk) in a fresh git + DVC repository."""
+    repo = tmp_path / "project"
+    shutil.copytree(REPO_ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO_ROOT / "data" / "source", repo / "data" / "source")
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(REPO_ROOT / name, repo / name)
+    edit_params(repo, TINY_PROJECT)
+    run_command(["git", "init", "-q", "-b", "main"], repo)
+    run_command(["dvc", "init", "-q"], repo)
+    run_command(["git", "add", "-A"], repo)
+    run_command(["git", "commit", "-q", "-m", "init"], repo)
+    return repo

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from aider_edge.data.archive import _Budget, extract_archive, fetch_archive, file_sha256
+from aider_edge.data.archive import (
+    _Budget,
+    _download_name,
+    extract_archive,
+    fetch_archive,
+    file_sha256,
+)
 from aider_edge.errors import DataError
 
 BIG = 10_000_000
@@ -181,6 +187,46 @@ def test_oversized_by_declared_size(tmp_path):
     assert extract_archive(archive, dest, max_bytes=1200) == dest / "fire"  # inclusive limit
 
 
+def test_oversized_tar_gz_is_refused_while_streaming(tmp_path):
+    # A tar only reveals each header as it is read: the second member crosses the limit after
+    # the first was already written to the temporary folder, which must not survive.
+    archive = _tar(
+        tmp_path / "big.tar.gz", [("AIDER/a.jpg", b"a" * 600), ("AIDER/b.jpg", b"b" * 600)]
+    )
+    dest = tmp_path / "tree"
+    with pytest.raises(DataError) as err:
+        extract_archive(archive, dest, max_bytes=1000)
+    assert "big.tar.gz expands to more than 1200 bytes" in _one_line(err)
+    assert not dest.exists() and _siblings(dest) == []
+
+
+def test_zip_total_is_checked_before_anything_is_written(tmp_path, monkeypatch):
+    archive = _zip(tmp_path / "big.zip", {f"fire/{i}.jpg": b"x" * 400 for i in range(3)})
+    opened = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(
+        zipfile.ZipFile, "open", lambda self, *a, **k: opened.append(a) or real_open(self, *a, **k)
+    )
+    with pytest.raises(DataError, match="more than 1200 bytes"):
+        extract_archive(archive, tmp_path / "tree", max_bytes=1000)
+    assert opened == []  # refused from the central directory alone
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+def test_file_and_folder_at_the_same_path_is_a_data_error(tmp_path, kind):
+    entries = [("AIDER/fire", b"a file"), ("AIDER/fire/a.jpg", b"x")]
+    if kind == "zip":
+        archive = _zip(tmp_path / "clash.zip", dict(entries[::-1]))  # folder first, then file
+    else:
+        archive = _tar(tmp_path / "clash.tar", entries, mode="w")  # file first, then folder
+    dest = tmp_path / "tree"
+    with pytest.raises(DataError) as err:
+        extract_archive(archive, dest, BIG)
+    message = _one_line(err)
+    assert "a file and a folder at the same path (AIDER/fire" in message and "repack" in message
+    assert not dest.exists() and _siblings(dest) == []
+
+
 def test_oversized_by_actual_bytes():
     # Neither tarfile nor zipfile hands out more bytes than a header declares (see the next
     # test), so the written-bytes counter is exercised directly on a real stream.
@@ -341,6 +387,19 @@ def test_missing_local_archive(tmp_path):
     with pytest.raises(DataError) as err:
         fetch_archive(str(tmp_path / "nope.zip"), None, tmp_path / "dl")
     assert "nope.zip" in _one_line(err) and "not an archive file" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("https://host/data/AIDER.zip?token=1", "AIDER.zip"),
+        ("https://host/", "archive"),
+        ("https://host/data/..", "archive"),
+        ("https://host/.hidden", "archive"),
+    ],
+)
+def test_download_name_stays_a_plain_file_name(url, name):
+    assert _download_name(url) == name
 
 
 def test_url_with_right_sha_downloads(tmp_path, server):

@@ -2,67 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
+import json
 from pathlib import Path
 
-import pytest
-import yaml
+import mlflow
 
-from conftest import REPO_ROOT
-
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-
-SMALL = {
-    "seed": 3,
-    "data": {"image_size": 32, "synthetic": {"per_class": 60, "image_size": 48}},
-    "split": {"train_size": 60, "val_per_class": 4, "test_per_class": 4},
-}
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    env = os.environ | {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.org",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.org",
-    }
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
-
-
-@pytest.fixture
-def dvc_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "project"
-    shutil.copytree(REPO_ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO_ROOT / "data" / "source", repo / "data" / "source")
-    shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
-    shutil.copy(REPO_ROOT / ".gitignore", repo / ".gitignore")
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    for section, values in SMALL.items():
-        if isinstance(values, dict):
-            for key, value in values.items():
-                if isinstance(value, dict):
-                    params[section][key].update(value)
-                else:
-                    params[section][key] = value
-        else:
-            params[section] = values
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q", "-b", "main"], repo)
-    run(["dvc", "init", "-q"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "init"], repo)
-    return repo
+from conftest import edit_params, run_command
 
 
 def test_repro_then_nothing_then_only_split(dvc_repo: Path):
-    first = run(["dvc", "repro", "split"], dvc_repo)
+    first = run_command(["dvc", "repro", "split"], dvc_repo).stdout
     assert "Running stage 'ingest'" in first and "Running stage 'split'" in first
     for contract in [
         "data/raw/manifest.csv",
@@ -76,14 +25,12 @@ def test_repro_then_nothing_then_only_split(dvc_repo: Path):
     assert (dvc_repo / "dvc.lock").is_file()
     manifest = (dvc_repo / "data/raw/manifest.csv").read_text()
 
-    second = run(["dvc", "repro", "split"], dvc_repo)
+    second = run_command(["dvc", "repro", "split"], dvc_repo).stdout
     assert "Running stage" not in second
     assert "didn't change" in second or "up to date" in second.lower()
 
-    params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
-    params["split"]["train_size"] = 50
-    (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    third = run(["dvc", "repro", "split"], dvc_repo)
+    edit_params(dvc_repo, {"split": {"train_size": 50}})
+    third = run_command(["dvc", "repro", "split"], dvc_repo).stdout
     assert "Running stage 'split'" in third
     assert "Running stage 'ingest'" not in third
     assert (dvc_repo / "data/raw/manifest.csv").read_text() == manifest
@@ -91,17 +38,41 @@ def test_repro_then_nothing_then_only_split(dvc_repo: Path):
 
 
 def test_a_bad_param_fails_the_stage_with_one_line(dvc_repo: Path):
-    params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
-    params["split"]["scenarios"]["s1"] = [0.5, 0.5]
-    (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    done = subprocess.run(
-        ["aider-edge", "split"],
-        cwd=dvc_repo,
-        capture_output=True,
-        text=True,
-        env=os.environ | {"PATH": env_path},
-    )
+    edit_params(dvc_repo, {"split": {"scenarios": {"s1": [0.5, 0.5]}}})
+    done = run_command(["aider-edge", "split"], dvc_repo, ok=False)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0
     assert "split.scenarios.s1 = [0.5, 0.5]" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_one_matrix_entry_writes_the_contract_files_and_a_tracked_run(dvc_repo: Path):
+    out = run_command(["dvc", "repro", "train@s1-adaptive"], dvc_repo).stdout
+    assert "Running stage 'train@s1-adaptive'" in out and "train@s1-baseline" not in out
+    run_dir = dvc_repo / "models" / "s1-adaptive"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.json", "model.pt", "run.json"]
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["scenario"], metrics["method"]) == ("s1", "adaptive")
+    assert metrics["sigma"] > 0.25 and metrics["tau"] < 0.1 and metrics["lambda"] > 0.5
+    assert metrics["class_counts"]["normal"] == 48
+    for block in ("val", "test"):
+        assert {
+            "accuracy",
+            "g_mean",
+            "macro_f1",
+            "balanced_accuracy",
+            "mcc",
+            "f1_variance",
+            "f1_per_class",
+            "recall_per_class",
+            "confusion_matrix",
+        } <= metrics[block].keys()
+
+    run_json = json.loads((run_dir / "run.json").read_text())
+    client = mlflow.MlflowClient(run_json["tracking_uri"])
+    run = client.get_run(run_json["run_id"])
+    assert run.info.experiment_id == run_json["experiment_id"]
+    assert run.data.tags["scenario"] == "s1" and run.data.tags["method"] == "adaptive"
+    assert run.data.tags["git_commit"] and run.data.tags["dvc_split_md5"].endswith(".dir")
+    assert run.data.params["train.epochs"] == "1"
+    assert abs(run.data.metrics["test_g_mean"] - metrics["test"]["g_mean"]) < 1e-9

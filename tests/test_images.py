@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, PngImagePlugin
 
 from aider_edge.data.images import ImageRejected, inspect_image, load_rgb, to_rgb
 
@@ -143,6 +143,16 @@ def test_exif_orientation_6_jpeg(tmp_path):
     assert rgb[28, 12, 0] < 50
 
 
+def test_16_bit_png_with_exif_orientation(tmp_path):
+    stored = np.zeros((2, 4), dtype=np.uint16)
+    stored[0, 0] = 65535  # the stored top-left corner
+    _with_orientation(Image.fromarray(stored), tmp_path / "o6-16.png", 6)
+    assert inspect_image(tmp_path / "o6-16.png", MAX_PIXELS) == (2, 4)
+    rgb = _pixels(load_rgb(tmp_path / "o6-16.png", MAX_PIXELS))
+    assert rgb.shape == (4, 2, 3)
+    assert rgb[0, 1].tolist() == [255, 255, 255] and rgb.sum() == 3 * 255
+
+
 # --- draft decoding ---------------------------------------------------------------------------
 
 
@@ -197,13 +207,27 @@ def test_text_named_jpg(tmp_path):
     assert "not an image" in _rejected(tmp_path / "notes.jpg")
 
 
-@pytest.mark.parametrize("name", ["half.jpg", "half.png"])
+@pytest.mark.parametrize("name", ["half.jpg", "half.png", "half.bmp", "half.webp"])
 def test_truncated_file(tmp_path, name):
     _noise(tmp_path / f"full{Path(name).suffix}")
     data = (tmp_path / f"full{Path(name).suffix}").read_bytes()
     (tmp_path / name).write_bytes(data[: len(data) // 2])
     reason = _rejected(tmp_path / name)
     assert "truncated" in reason
+
+
+def test_png_text_chunk_bomb_is_rejected_not_raised(tmp_path):
+    # Pillow raises ValueError while *opening* a PNG whose compressed text chunk inflates past
+    # its limit; that must become a rejection, or one hostile file aborts a whole ingest.
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "a" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "text-bomb.png", pnginfo=info)
+    assert (tmp_path / "text-bomb.png").stat().st_size < 100_000  # small on disk
+    assert _rejected(tmp_path / "text-bomb.png").startswith("corrupt or truncated image: ")
+
+
+def test_rejection_reasons_are_one_line():
+    assert ImageRejected("corrupt:\n  line two\tand three ").reason == "corrupt: line two and three"
 
 
 @pytest.mark.parametrize("name", ["anim.gif", "notes.txt", "noext"])

@@ -141,6 +141,17 @@ def test_same_image_under_two_classes_is_excluded_from_both(tmp_path, project):
     assert not list((project / "data" / "raw" / "images").rglob(f"{sha}*"))
 
 
+def test_same_image_under_three_classes(tmp_path, project):
+    classes = ["fire", "normal", "flooded_areas"]
+    root = _tree(tmp_path, dict.fromkeys(classes, 2))
+    for label in ("normal", "flooded_areas"):
+        shutil.copyfile(root / "fire" / "fire_000.png", root / label / "same.png")
+    report = _run(root, project, classes=classes)
+    assert report.counts == {"fire": 1, "normal": 2, "flooded_areas": 2}
+    reason = "same image under classes fire, normal and flooded_areas"
+    assert set(_rejected(project).values()) == {reason}
+
+
 def test_same_image_twice_in_one_class_is_kept_once(tmp_path, project):
     root = _tree(tmp_path)
     shutil.copyfile(root / "fire" / "fire_000.png", root / "fire" / "zz_copy.png")
@@ -155,6 +166,41 @@ def test_same_image_twice_in_one_class_is_kept_once(tmp_path, project):
     }
     manifest = _csv(project / "data" / "raw" / "manifest.csv")[1:]
     assert len(manifest) == 5 and len({row[2] for row in manifest}) == 5
+
+
+def test_file_name_that_is_not_utf8_is_reported(tmp_path, project):
+    # An old archive's Latin-1 name ("café") reaches Python as a surrogate escape; it must not
+    # make writing rejected.csv (UTF-8) fail.
+    root = _tree(tmp_path)
+    name = os.fsdecode(b"caf\xe9.txt")
+    try:
+        (root / "fire" / name).write_text("notes")
+    except (UnicodeEncodeError, OSError):
+        pytest.skip("this filesystem does not take non-UTF-8 names")
+    report = _run(root, project)
+    assert report.counts == {"fire": 3, "normal": 2} and report.rejected == 1
+    assert _rejected(project) == {"fire/caf\\xe9.txt": "not an image file (.txt)"}
+
+
+def test_source_changed_during_ingest_is_refused(tmp_path, project, monkeypatch):
+    _run(_tree(tmp_path, {"fire": 2, "normal": 2}), project)
+    raw = project / "data" / "raw"
+    before = (raw / "manifest.csv").read_bytes()
+    root = tmp_path / "new"
+    write_image_tree(root, {"fire": 2, "normal": 2}, size=8, seed=5)
+    real_copyfile = shutil.copyfile
+
+    def rewrite_then_copy(src, dst, *args, **kwargs):  # someone edits the file meanwhile
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(src)
+        return real_copyfile(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(ingest.shutil, "copyfile", rewrite_then_copy)
+    with pytest.raises(DataError) as err:
+        _run(root, project)
+    message = _one_line(err)
+    assert "fire/fire_00" in message and "changed while ingest was running" in message
+    assert (raw / "manifest.csv").read_bytes() == before
+    assert _siblings(raw) == ["raw"]
 
 
 def test_missing_root(tmp_path, project):
