@@ -126,3 +126,18 @@ def test_augmentation_off_is_the_identity():
     out = augment(batch, torch.Generator().manual_seed(0), off)
     torch.testing.assert_close(out, batch.float() / 255, atol=1e-5, rtol=0)
     assert normalize(batch).mean().abs() < 3
+
+
+def test_paired_batches_give_every_image_a_positive():
+    from aider_edge.data.cache import DecodedSplit
+    from aider_edge.data.loader import iterate_paired_batches
+
+    labels = np.array([0] * 3 + [1] * 37)  # a minority class of 3 among 40
+    split = DecodedSplit(
+        np.zeros((40, 4, 4, 3), np.uint8), np.arange(40), labels, ("rare", "common")
+    )
+    batches = list(iterate_paired_batches(split, 8, generator=torch.Generator().manual_seed(0)))
+    assert sum(len(y) for _, y in batches) == 40  # an epoch costs what a plain one costs
+    for _, y in batches:
+        counts = torch.bincount(y, minlength=2)
+        assert ((counts == 0) | (counts >= 2)).all(), y  # no class alone in its batch

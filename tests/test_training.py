@@ -105,3 +105,21 @@ def test_loss_setup_follows_the_method():
     fixed = loss_setup(params, "supcon_fixed", labels, 3)
     assert (fixed.tau, fixed.lambda_) == (0.1, 0.5)
     assert loss_setup(params, "baseline", labels, 3).tau is None
+
+
+@pytest.mark.parametrize("positives", ["none", "two_views", "paired"])
+@pytest.mark.parametrize("n", [47, 48, 49])
+def test_the_lr_schedule_matches_the_batches_of_every_positives_mode(positives, n):
+    params = tiny_params(positives=positives)
+    split = coloured_split(n, 0)
+    steps = sum(
+        1 for _ in training._batches(split, params, positives, torch.Generator().manual_seed(0))
+    )
+    assert steps == training._steps_per_epoch(n, params.train.batch_size, positives)
+
+
+def test_two_views_trains(data, tmp_path):
+    _, history, _ = train(
+        tiny_params(positives="two_views", epochs=2), data, "adaptive", tmp_path, data_hash="h"
+    )
+    assert len(history.epochs) == 2 and history.epochs[0]["supcon"] > 0

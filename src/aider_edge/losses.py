@@ -20,7 +20,7 @@ from torch import Tensor
 METHODS = ("baseline", "adaptive", "wce", "supcon_fixed")
 
 # Methods whose loss has a SupCon term (and therefore need projections, tau and lambda).
-_CONTRASTIVE = ("adaptive", "supcon_fixed")
+CONTRASTIVE_METHODS = ("adaptive", "supcon_fixed")
 # Methods whose cross-entropy is class-weighted.
 _WEIGHTED = ("adaptive", "wce", "supcon_fixed")
 
@@ -138,7 +138,7 @@ def method_loss(
         ce = weighted_cross_entropy(logits, labels, class_weights)
     else:
         ce = F.cross_entropy(logits, labels)
-    if method not in _CONTRASTIVE:
+    if method not in CONTRASTIVE_METHODS:
         supcon = ce.new_zeros(())
         return LossParts(total=ce, ce=ce, supcon=supcon)
     if projections is None or tau is None or lambda_ is None:

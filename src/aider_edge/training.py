@@ -26,10 +26,10 @@ from aider_edge import atomic
 from aider_edge.config import Params
 from aider_edge.data.augment import augment_and_normalize, normalize
 from aider_edge.data.cache import DecodedSplit
-from aider_edge.data.loader import iterate_batches
+from aider_edge.data.loader import iterate_batches, iterate_paired_batches
 from aider_edge.errors import AiderEdgeError
 from aider_edge.imbalance import AdaptiveSchedule, adaptive_schedule, class_weights
-from aider_edge.losses import method_loss
+from aider_edge.losses import CONTRASTIVE_METHODS, method_loss
 from aider_edge.metrics import classification_metrics
 from aider_edge.model import AiderNet, build_model
 
@@ -122,7 +122,8 @@ def train(
     model = build_model(n_classes, params.model.weights, params.model.projection_dim)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    steps_per_epoch = math.ceil(len(data.train) / tc.batch_size)
+    positives = tc.positives if method in CONTRASTIVE_METHODS else "none"
+    steps_per_epoch = _steps_per_epoch(len(data.train), tc.batch_size, positives)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=tc.lr, total_steps=tc.epochs * steps_per_epoch, pct_start=0.15
     )
@@ -207,13 +208,12 @@ def train_one_epoch(
     model.train()
     totals = {"loss": 0.0, "ce": 0.0, "supcon": 0.0}
     seen = 0
-    # Drop a trailing batch of one: BatchNorm cannot train on it.
-    drop_last = len(split) % params.train.batch_size == 1
-    batches = iterate_batches(
-        split, params.train.batch_size, shuffle=True, generator=shuffle_gen, drop_last=drop_last
-    )
-    for step, (images, labels) in enumerate(batches):
+    positives = params.train.positives if method in CONTRASTIVE_METHODS else "none"
+    for step, (images, labels) in enumerate(_batches(split, params, positives, shuffle_gen)):
         x = augment_and_normalize(images, augment_gen)
+        if positives == "two_views":  # a second, independent augmentation of the same images
+            x = torch.cat([x, augment_and_normalize(images, augment_gen)])
+            labels = torch.cat([labels, labels])
         logits, projections = model.forward_train(x)
         parts = method_loss(
             method,
@@ -238,6 +238,23 @@ def train_one_epoch(
         for key, value in parts.as_floats().items():
             totals["loss" if key == "total" else key] += value * n
     return {key: value / max(seen, 1) for key, value in totals.items()}
+
+
+def _steps_per_epoch(n: int, batch_size: int, positives: str) -> int:
+    """How many optimiser steps :func:`_batches` yields per epoch (the LR schedule needs it)."""
+    if positives == "paired":
+        return math.ceil(max(n // 2, 1) / max(batch_size // 2, 1))
+    return n // batch_size if n % batch_size == 1 else math.ceil(n / batch_size)
+
+
+def _batches(split: DecodedSplit, params: Params, positives: str, generator: torch.Generator):
+    if positives == "paired":
+        return iterate_paired_batches(split, params.train.batch_size, generator=generator)
+    # Drop a trailing batch of one: BatchNorm cannot train on it.
+    drop_last = len(split) % params.train.batch_size == 1
+    return iterate_batches(
+        split, params.train.batch_size, shuffle=True, generator=generator, drop_last=drop_last
+    )
 
 
 @torch.inference_mode()

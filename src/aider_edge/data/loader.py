@@ -56,3 +56,28 @@ def iterate_batches(
     for start in range(0, stop, batch_size):
         chosen = order[start : start + batch_size]
         yield to_batch_tensor(split.images(chosen)), torch.from_numpy(split.labels[chosen])
+
+
+def iterate_paired_batches(
+    split: DecodedSplit, batch_size: int, *, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches in which every image has a partner of its own class (a SupCon positive).
+
+    Under heavy imbalance a plain batch of 32 often holds a single image of a minority class,
+    which then has no positive and drops out of the contrastive loss. Here each batch is
+    ``batch_size // 2`` anchors from a shuffled pass plus, for each, a random other image of the
+    same class. An epoch still processes about ``len(split)`` images (half of them anchors), so
+    it costs the same as a plain epoch; the class mix stays the training distribution.
+    """
+    n, half = len(split), max(batch_size // 2, 1)
+    order = torch.randperm(n, generator=generator).numpy()[: max(n // 2, 1)]
+    members = {c: np.flatnonzero(split.labels == c) for c in np.unique(split.labels)}
+    for start in range(0, len(order), half):
+        anchors = order[start : start + half]
+        partners = np.empty_like(anchors)
+        for i, anchor in enumerate(anchors):
+            pool = members[split.labels[anchor]]
+            others = pool[pool != anchor] if len(pool) > 1 else pool
+            partners[i] = others[int(torch.randint(len(others), (1,), generator=generator))]
+        chosen = np.concatenate([anchors, partners])
+        yield to_batch_tensor(split.images(chosen)), torch.from_numpy(split.labels[chosen])
