@@ -16,6 +16,7 @@ import os
 import shutil
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -36,8 +37,7 @@ def fetch_archive(source: str, sha256: str | None, dest_dir: Path) -> Path:
     if remote:
         if not sha256:
             raise DataError(f"an archive URL needs data.sha256 to be verified: set it for {source}")
-        name = PurePosixPath(urllib.request.urlparse(source).path).name or "archive"
-        target = Path(dest_dir) / name
+        target = Path(dest_dir) / _download_name(source)
         _download(source, target)
     else:
         target = Path(source)
@@ -55,6 +55,12 @@ def fetch_archive(source: str, sha256: str | None, dest_dir: Path) -> Path:
                 "the file changed or is incomplete; fetch it again or update data.sha256"
             )
     return target
+
+
+def _download_name(url: str) -> str:
+    """The URL's last path segment as a plain file name (never ``..``, empty or hidden)."""
+    name = PurePosixPath(urllib.parse.urlparse(url).path).name
+    return name if name and not name.startswith(".") else "archive"
 
 
 def file_sha256(path: Path) -> str:
@@ -101,8 +107,8 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int 
     ``dest`` itself. ``__MACOSX`` folders and dotfiles are skipped.
     """
     archive, dest = Path(archive), Path(dest)
-    with atomic.atomic_dir(dest) as tmp, _members(archive) as members:
-        budget = _Budget(max_bytes, archive)
+    budget = _Budget(max_bytes, archive)
+    with atomic.atomic_dir(dest) as tmp, _members(archive, budget) as members:
         for count, (name, kind, size, open_member) in enumerate(members, start=1):
             if count > max_members:
                 raise DataError(
@@ -111,21 +117,34 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int 
             relative = _safe_relative(name, archive)
             if relative is None:
                 continue
-            if kind == "dir":
-                (tmp / relative).mkdir(parents=True, exist_ok=True)
-                continue
-            if kind != "file":
+            if kind not in ("dir", "file"):
                 raise DataError(
                     f"{archive.name} contains a {kind} entry ({name}); links and special files are "
                     "refused: repack the dataset with plain files"
                 )
-            budget.declare(size)
-            target = tmp / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with _reading(archive, open_member) as src, open(target, "wb") as out:
-                budget.copy(src, out)
+            with _placing(archive, name):
+                if kind == "dir":
+                    (tmp / relative).mkdir(parents=True, exist_ok=True)
+                    continue
+                budget.declare(size)
+                target = tmp / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with _reading(archive, open_member) as src, open(target, "wb") as out:
+                    budget.copy(src, out)
     entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
+
+
+@contextmanager
+def _placing(archive: Path, name: str) -> Iterator[None]:
+    """Turn a clash between a file and a folder of the same path into a clear DataError."""
+    try:
+        yield
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        raise DataError(
+            f"{archive.name} has a file and a folder at the same path ({name}): "
+            "repack the dataset so that every path is one or the other"
+        ) from None
 
 
 class _Budget:
@@ -140,6 +159,11 @@ class _Budget:
             f"{self.archive.name} expands to more than {amount} bytes, beyond "
             f"data.max_archive_bytes={self.max_bytes}: raise that limit if the archive is trusted"
         )
+
+    def check_total(self, total: int) -> None:
+        """Refuse up front when the headers already add up to too much (zip has them all)."""
+        if total > self.max_bytes:
+            raise self._refuse(total)
 
     def declare(self, size: int) -> None:
         self.declared += max(size, 0)
@@ -159,10 +183,16 @@ T = TypeVar("T")
 
 
 @contextmanager
-def _members(archive: Path) -> Iterator[Iterator[Member]]:
-    """(name, kind, declared size, opener) for each entry; kind is file, dir, link or device."""
+def _members(archive: Path, budget: _Budget) -> Iterator[Iterator[Member]]:
+    """(name, kind, declared size, opener) for each entry; kind is file, dir, link or device.
+
+    A tar(.gz) only reveals each header as it is streamed, so its declared sizes are checked one
+    by one; a zip's central directory lists them all, so their total is checked before anything
+    is written.
+    """
     if zipfile.is_zipfile(archive):
         with _reading(archive, lambda: zipfile.ZipFile(archive)) as zf:
+            budget.check_total(sum(info.file_size for info in zf.infolist()))
             yield _guarded(archive, (_zip_member(archive, zf, info) for info in zf.infolist()))
     elif tarfile.is_tarfile(archive):
         with _reading(archive, lambda: tarfile.open(archive, "r:*")) as tf:

@@ -28,6 +28,8 @@ class ImageRejected(Exception):
     """A file that cannot be used as a training image; ``reason`` is short and human-readable."""
 
     def __init__(self, reason: str) -> None:
+        # Decoder messages can span lines; rejected.csv and error messages want one.
+        reason = " ".join(reason.split())
         super().__init__(reason)
         self.reason = reason
 
@@ -37,12 +39,12 @@ def is_image_name(path: Path) -> bool:
 
 
 def inspect_image(path: Path, max_pixels: int) -> tuple[int, int]:
-    """Fully decode ``path`` and return its (width, height) after EXIF orientation."""
-    with _opened(path, max_pixels) as image:
-        width, height = image.size
-        if _orientation(image) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
-            width, height = height, width
-        return width, height
+    """Fully decode ``path`` and return its (width, height) after EXIF orientation.
+
+    It runs exactly what :func:`load_rgb` runs, so an image that passes here (and lands in the
+    manifest) is one that every later stage can decode.
+    """
+    return load_rgb(path, max_pixels).size
 
 
 def load_rgb(path: Path, max_pixels: int, draft_size: tuple[int, int] | None = None) -> Image.Image:
@@ -52,12 +54,16 @@ def load_rgb(path: Path, max_pixels: int, draft_size: tuple[int, int] | None = N
     is several times faster when the result is resized down anyway.
     """
     with _opened(path, max_pixels, draft_size) as image:
-        upright = ImageOps.exif_transpose(image)
-        return to_rgb(upright)
+        try:
+            # Always a new image (a copy when there is nothing to turn), so it outlives the file.
+            upright = ImageOps.exif_transpose(image)
+            return to_rgb(upright)
+        except Exception as exc:  # untrusted metadata or an odd mode; see _opened
+            raise ImageRejected(f"cannot convert to RGB: {_describe(exc)}") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB without clipping or inverting.
+    """Convert any Pillow mode to 8-bit RGB without clipping or inverting (RGB comes back as is).
 
     - 16- and 32-bit integer and float modes are scaled to 0..255 by their type's range (a
       16-bit value of 32768 becomes 128, not 255 as a plain ``convert`` would clip it).
@@ -67,7 +73,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """
     mode = image.mode
     if mode == "RGB":
-        return image.copy()
+        return image  # nothing to convert; callers that need a private copy make one
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         return _high_depth_to_rgb(image)
     if mode == "P" or mode == "PA":
@@ -81,21 +87,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
-    array = np.asarray(image)
+    # float32 is exact enough for 16-bit values and halves the memory of a 40-Mpixel frame.
+    array = np.asarray(image).astype(np.float32)
     if image.mode == "F":
-        scaled = (
-            np.clip(array, 0.0, 1.0) * 255.0
-            if array.max(initial=0) <= 1.0
-            else np.clip(array, 0, 255)
-        )
-    elif image.mode.startswith("I;16"):
-        scaled = array.astype(np.float64) / 257.0  # 65535 -> 255 exactly
+        scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0  # 0..1 floats, else 0..255
+        scaled = np.clip(array * scale, 0, 255)
     else:
-        # "I" (32-bit signed): among the formats read here only 16-bit greyscale PNG decodes to
-        # it, so it is scaled by the 16-bit range. The scale must not depend on the pixel values:
-        # a dark 16-bit frame (all values <= 255) would otherwise be brightened 257-fold, and the
-        # same stored value would map to different grey levels in different images.
-        scaled = np.clip(array, 0, 65535).astype(np.float64) / 257.0
+        # "I;16*" and "I" (32-bit signed): among the formats read here only 16-bit greyscale PNG
+        # decodes to "I", so both are scaled by the 16-bit range (65535 -> 255 exactly). The scale
+        # must not depend on the pixel values: a dark 16-bit frame (all values <= 255) would
+        # otherwise be brightened 257-fold, and one stored value would map to different grey
+        # levels in different images.
+        scaled = np.clip(array, 0, 65535) / 257.0
     grey = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
     return grey.convert("RGB")
 
@@ -128,7 +131,14 @@ def _opened(
             f"decompression bomb: more than Pillow's hard limit of {hard_limit} pixels"
         ) from None
     except OSError as exc:
-        raise ImageRejected(f"unreadable: {exc}") from None
+        if exc.errno is not None:  # the OS could not read it (permissions, vanished, I/O error)
+            raise ImageRejected(f"unreadable: {exc.strerror or exc}") from None
+        raise ImageRejected(f"corrupt or truncated image: {_describe(exc)}") from None
+    except Exception as exc:
+        # Pillow's parsers meet untrusted bytes and fail with many types (ValueError for an
+        # oversized PNG text chunk, struct.error, SyntaxError, EOFError, ...). Only Pillow runs
+        # inside this try, so anything raised is about the file; one bad file must not stop a run.
+        raise ImageRejected(f"corrupt or truncated image: {_describe(exc)}") from None
     with image:
         width, height = image.size
         if width * height > max_pixels:
@@ -143,15 +153,33 @@ def _opened(
                 draft_size = (draft_size[1], draft_size[0])
             image.draft("RGB", draft_size)
         try:
-            previous = ImageFile.LOAD_TRUNCATED_IMAGES
-            ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not pad with grey
-            try:
+            with _truncated_images_refused():
                 image.load()
-            finally:
-                ImageFile.LOAD_TRUNCATED_IMAGES = previous
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise ImageRejected(f"corrupt or truncated image: {exc}") from None
+        except Exception as exc:  # as for Image.open above
+            raise ImageRejected(f"corrupt or truncated image: {_describe(exc)}") from None
         yield image
+
+
+@contextlib.contextmanager
+def _truncated_images_refused() -> Iterator[None]:
+    """Make ``load()`` raise on a truncated file instead of padding it with grey.
+
+    Pillow reads the flag from a module global at load time; there is no per-image switch. It is
+    False by default, and then nothing is touched (no race with other threads). Only when some
+    other code has set it is it cleared for this load and restored right after.
+    """
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        yield
+        return
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _orientation(image: Image.Image) -> int:

@@ -63,7 +63,16 @@ class _Checked:
 def scan_class_folders(
     root: Path, classes: Sequence[str]
 ) -> tuple[list[tuple[Path, str]], list[str]]:
-    """All files under each class folder (recursively, hidden ones skipped) and warnings."""
+    """The candidate files of each class and the warnings about the tree.
+
+    - ``root`` missing or not a folder, or a class of ``classes`` without a folder, or whose
+      folder holds no image-suffixed file: :class:`DataError` (training would silently lose the
+      class). Folder names must match ``classes`` exactly (case included).
+    - Folders of ``root`` that are not in ``classes``: ignored, with one warning naming them.
+    - Inside a class folder every file counts, recursively, sorted by path; non-image files are
+      returned too, so that ingest lists them in ``rejected.csv`` instead of dropping them
+      silently. Hidden files and folders (dot names) are skipped everywhere.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(
@@ -121,7 +130,7 @@ def ingest_folder(
     for copies in by_sha.values():
         labels = sorted({c.label for c in copies}, key=list(classes).index)
         if len(labels) > 1:
-            reason = f"same image under classes {' and '.join(labels)}"
+            reason = f"same image under classes {', '.join(labels[:-1])} and {labels[-1]}"
             rejected += [(c.source, reason) for c in copies]
             continue
         first, *others = sorted(copies, key=lambda c: c.source)
@@ -155,6 +164,13 @@ def ingest_folder(
             target = tmp / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(c.source, target)
+            if _sha256(target) != c.sha256:
+                # The manifest's promise is "this file has this hash"; a source rewritten since
+                # it was checked would break it (and its decode check) silently.
+                raise DataError(
+                    f"{_rel(c.source, root)} changed while ingest was running: "
+                    f"re-run ingest once nothing writes to {_text(root)}"
+                )
             path_in_project = os.path.relpath(raw_dir / relative, project_root)
             rows.append((Path(path_in_project).as_posix(), c.label, c.sha256, *c.size))
         atomic.write_csv(tmp / "manifest.csv", MANIFEST_COLUMNS, rows)
@@ -167,7 +183,20 @@ def ingest_folder(
 
 
 def _rel(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
+    return _text(path.relative_to(root).as_posix())
+
+
+def _text(path: Path | str) -> str:
+    """``path`` as text that UTF-8 can hold: a file name that is not valid UTF-8 (an old archive's
+    Latin-1 name, kept by the filesystem as surrogate escapes) shows its bad bytes as ``\\xe9``
+    instead of making the CSV writer fail."""
+    raw = os.fsencode(str(path))
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:  # streamed: a huge stray file must not be read into memory
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _check_one(job: tuple[Path, str, int]) -> _Checked:
@@ -177,10 +206,9 @@ def _check_one(job: tuple[Path, str, int]) -> _Checked:
             path, label, None, None, f"not an image file ({path.suffix or 'no suffix'})"
         )
     try:
-        data = path.read_bytes()
+        sha = _sha256(path)
     except OSError as exc:
         return _Checked(path, label, None, None, f"unreadable: {exc.strerror or exc}")
-    sha = hashlib.sha256(data).hexdigest()
     try:
         size = inspect_image(path, max_pixels)
     except ImageRejected as exc:
