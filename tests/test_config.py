@@ -161,3 +161,10 @@ def test_missing_and_malformed_files(tmp_path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_params(listing)
+
+
+def test_paper_params_load_with_the_papers_settings():
+    params = load_params(REPO_ROOT / "params.paper.yaml")
+    assert (params.data.image_size, params.split.train_size) == (224, 1500)
+    assert params.model.weights == "imagenet" and params.data.source == "folder"
+    assert params.split.scenarios == PAPER_SCENARIOS
