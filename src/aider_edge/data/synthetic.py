@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -68,10 +67,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from PIL import Image
-
 from aider_edge.atomic import atomic_path
 from aider_edge.errors import DataError
+from PIL import Image
 
 AIDER_CLASSES: tuple[str, ...] = (
     "collapsed_building",
@@ -328,7 +326,9 @@ def _smooth_noise(rng: np.random.Generator, size: int, feature_px: float) -> np.
     return rows[:, ix] * (1 - fx)[None, :] + rows[:, ix + 1] * fx[None, :]
 
 
-def _fractal(rng: np.random.Generator, size: int, feature_px: float, octaves: int = 3) -> np.ndarray:
+def _fractal(
+    rng: np.random.Generator, size: int, feature_px: float, octaves: int = 3
+) -> np.ndarray:
     """Sum of octaves of value noise, standardised to mean 0 and std 1 over the image."""
     total = np.zeros((size, size), dtype=_F)
     amp = 1.0
@@ -347,7 +347,7 @@ def _quantile_threshold(field: np.ndarray, cover: float) -> float:
 
 def _gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur with edge padding (the kernel is tiny, so shifts beat an FFT)."""
-    radius = int(math.ceil(2.5 * sigma))
+    radius = math.ceil(2.5 * sigma)
     if sigma < 0.25 or radius < 1:
         return img
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
@@ -523,7 +523,9 @@ def _road(sc: _Scene, angle: float, width: float, lanes: int, central: bool = Tr
     return _Road(angle, offset, width, lanes, marked=sc.rng.random() < 0.85)
 
 
-def _street_grid(sc: _Scene, pitch_a: float, pitch_b: float, width: float, every: int) -> list[_Road]:
+def _street_grid(
+    sc: _Scene, pitch_a: float, pitch_b: float, width: float, every: int
+) -> list[_Road]:
     """Streets on the building grid's cell boundaries, every ``every`` cells in each direction."""
     roads = []
     half = sc.size * 0.75
@@ -595,7 +597,8 @@ def _paint_ground(sc: _Scene, plan: _Plan) -> None:
     detail = _F(0.35) * (_smooth_noise(rng, s, sc.unit * 12) - 0.5)
     scores = np.stack(
         [
-            _F(2.5 * plan.ground[n]) + 3.5 * _smooth_noise(rng, s, sc.unit * rng.uniform(25, 50))
+            _F(2.5 * plan.ground[n])
+            + 3.5 * _smooth_noise(rng, s, sc.unit * rng.uniform(25, 50))
             + detail
             for n in names
         ]
@@ -640,7 +643,9 @@ def _paint_parcels(sc: _Scene) -> None:
     # Field margins: the distance to the nearest parcel edge, along either axis.
     frac_a = np.abs((along / _F(pitch_a)) % 1.0 - 0.5) * _F(pitch_a)
     frac_b = np.abs((across / _F(pitch_b)) % 1.0 - 0.5) * _F(pitch_b)
-    margin = np.maximum(_edge(frac_a - pitch_a / 2 + sc.unit), _edge(frac_b - pitch_b / 2 + sc.unit))
+    margin = np.maximum(
+        _edge(frac_a - pitch_a / 2 + sc.unit), _edge(frac_b - pitch_b / 2 + sc.unit)
+    )
     alpha = np.full(color.shape[:2], 0.85, dtype=_F) * (1 - 0.6 * margin)
     _blend(sc.img, alpha, np.zeros(3, _F))  # blend towards black, then add the colour back:
     sc.img += color * alpha[..., None]  # one pass instead of a per-pixel colour blend
@@ -962,9 +967,11 @@ def _cue_fire(sc: _Scene, plan: _Plan) -> None:
     scorch = _blob(sc, cx, cy, radius * rng.uniform(1.5, 2.6), roughness=0.35)
     if scorch is not None:
         sl, rho = scorch
-        _blend(sc.img[sl], _smoothstep(1 - rho, 0, 0.3) * _F(rng.uniform(0.5, 0.9)), (0.1, 0.09, 0.08))
+        _blend(
+            sc.img[sl], _smoothstep(1 - rho, 0, 0.3) * _F(rng.uniform(0.5, 0.9)), (0.1, 0.09, 0.08)
+        )
     front = plan.kind == "forest" and rng.random() < 0.5
-    count = 1 + int(round(4 * strength * rng.random()))
+    count = 1 + round(4 * strength * rng.random())
     for _ in range(count):
         if front:  # a fire front: flames strung along a line
             t = rng.uniform(-2.5, 2.5) * radius
@@ -1035,10 +1042,8 @@ def _cue_collapsed(sc: _Scene, plan: _Plan) -> None:
     strength = _strength(rng)
     if not plan.buildings:
         plan.buildings = _scattered_buildings(sc, 2)
-    central = sorted(
-        plan.buildings, key=lambda b: math.hypot(b.cx - sc.centre, b.cy - sc.centre)
-    )
-    count = max(1, int(round(strength * len(central) * rng.uniform(0.2, 0.7))))
+    central = sorted(plan.buildings, key=lambda b: math.hypot(b.cx - sc.centre, b.cy - sc.centre))
+    count = max(1, round(strength * len(central) * rng.uniform(0.2, 0.7)))
     victims = central[:count]
     partial = strength < 0.3
     standing = [b for b in plan.buildings if b not in victims or partial]
@@ -1104,7 +1109,7 @@ def _cue_traffic(sc: _Scene, plan: _Plan) -> None:
             sl, rho = blob
             _blend(sc.img[sl], _smoothstep(1 - rho, 0, 0.3) * _F(0.5), (0.12, 0.12, 0.12))
     _skid_marks(sc, road, cx, cy, count=int(rng.integers(0, 3)))
-    cars = 2 + int(round(4 * strength * rng.random()))
+    cars = 2 + round(4 * strength * rng.random())
     max_skew = math.radians(20 + 70 * strength)
     for k in range(cars):
         ox, oy = rng.normal(0, spread * 0.6, 2) if k else (0.0, 0.0)
@@ -1114,8 +1119,15 @@ def _cue_traffic(sc: _Scene, plan: _Plan) -> None:
     _debris(sc, cx, cy, spread * 1.3, count=int(6 + 30 * strength))
     if rng.random() < 0.3:
         ox, oy = rng.normal(0, spread, 2) + np.array(sc.sun) * 6
-        _paint_car(sc, cx + ox, cy + oy, road.angle + rng.normal(0, 0.2), (0.92, 0.92, 0.9),
-                   length=sc.unit * 11, emergency=True)
+        _paint_car(
+            sc,
+            cx + ox,
+            cy + oy,
+            road.angle + rng.normal(0, 0.2),
+            (0.92, 0.92, 0.9),
+            length=sc.unit * 11,
+            emergency=True,
+        )
     if rng.random() < 0.12:  # a burning wreck: the fire confuser
         _smoke(sc, cx, cy, density=rng.uniform(0.3, 0.7), width=spread * 0.6)
 
