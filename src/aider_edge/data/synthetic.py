@@ -67,9 +67,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+from PIL import Image
+
 from aider_edge.atomic import atomic_path
 from aider_edge.errors import DataError
-from PIL import Image
 
 AIDER_CLASSES: tuple[str, ...] = (
     "collapsed_building",
