@@ -99,8 +99,9 @@ def render_scene(label: str, index: int, seed: int, size: int) -> np.ndarray:
     if size < 16:
         raise DataError(f"synthetic image size must be at least 16 pixels, got {size}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, class_id, index]))
-    scene = _new_scene(rng, size)
-    plan = _plan_layout(scene, _pick_layout(rng, label), need_road=label == "traffic_incident")
+    kind = _pick_layout(rng, label)
+    scene = _new_scene(rng, size, _ZOOM[kind])
+    plan = _plan_layout(scene, kind, need_road=label == "traffic_incident")
     _CUES[label](scene, plan)
     _apply_camera(scene)
     return np.round(np.clip(scene.img, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -215,9 +216,9 @@ class _Scene:
         return self.centre + along * c - across * s, self.centre + along * s + across * c
 
 
-def _new_scene(rng: np.random.Generator, size: int) -> _Scene:
-    # Altitude varies by about 1.8x, log-uniformly: objects appear at many scales in every class.
-    unit = size / BASE_SIZE * math.exp(rng.uniform(math.log(0.75), math.log(1.35)))
+def _new_scene(rng: np.random.Generator, size: int, zoom: tuple[float, float]) -> _Scene:
+    # Altitude varies log-uniformly within the layout's range: many scales in every class.
+    unit = size / BASE_SIZE * math.exp(rng.uniform(math.log(zoom[0]), math.log(zoom[1])))
     sun_angle = rng.uniform(0, 2 * math.pi)
     sun_len = rng.uniform(0.25, 0.7) * unit
     coords = np.arange(size, dtype=_F) + 0.5
@@ -429,13 +430,22 @@ class _Plan:
 # way AIDER does: fires in forests, floods in low-rise and rural land, collapses in towns,
 # incidents on highways.
 _LAYOUT_ODDS: Mapping[str, Mapping[str, float]] = {
-    "normal": {"urban": 0.25, "suburban": 0.25, "rural": 0.2, "forest": 0.1, "highway": 0.2},
-    "fire": {"urban": 0.25, "suburban": 0.2, "rural": 0.15, "forest": 0.3, "highway": 0.1},
-    "flooded_areas": {"urban": 0.2, "suburban": 0.35, "rural": 0.3, "forest": 0.05, "highway": 0.1},
-    "collapsed_building": {"urban": 0.55, "suburban": 0.4, "rural": 0.05},
-    "traffic_incident": {"urban": 0.2, "suburban": 0.15, "rural": 0.15, "highway": 0.5},
+    "normal": {"urban": 0.28, "suburban": 0.28, "rural": 0.2, "forest": 0.09, "highway": 0.15},
+    "fire": {"urban": 0.25, "suburban": 0.25, "rural": 0.2, "forest": 0.2, "highway": 0.1},
+    "flooded_areas": {"urban": 0.25, "suburban": 0.35, "rural": 0.3, "highway": 0.1},
+    "collapsed_building": {"urban": 0.45, "suburban": 0.45, "rural": 0.1},
+    "traffic_incident": {"urban": 0.25, "suburban": 0.2, "rural": 0.15, "highway": 0.4},
 }
 
+# Zoom (inverse altitude) per layout: roads are filmed from lower down than towns and forests. It
+# depends on the layout, not the class, so it says nothing about the label by itself.
+_ZOOM: Mapping[str, tuple[float, float]] = {
+    "urban": (0.75, 1.3),
+    "suburban": (0.75, 1.3),
+    "rural": (0.8, 1.4),
+    "forest": (0.8, 1.4),
+    "highway": (1.2, 2.0),
+}
 _GROUND: Mapping[str, _Color] = {
     "grass": (0.33, 0.42, 0.21),
     "dry": (0.58, 0.53, 0.38),
@@ -608,7 +618,7 @@ def _paint_ground(sc: _Scene, plan: _Plan) -> None:
     weights /= weights.sum(axis=0)
     colors = np.stack([_jitter(rng, _GROUND[n], 0.04) for n in names])
     sc.img[:] = (weights.reshape(len(names), -1).T @ colors).reshape(s, s, 3)
-    _add_texture(sc, sc.img, amount=rng.uniform(0.05, 0.12))
+    _add_texture(sc, sc.img, amount=rng.uniform(0.04, 0.09))
 
 
 def _add_texture(sc: _Scene, target: np.ndarray, amount: float) -> None:
@@ -802,7 +812,7 @@ def _paint_layout(sc: _Scene, plan: _Plan, *, cars: bool = True) -> None:
         _paint_parcels(sc)
     _confuser_patches(sc)
     _paint_roads(sc, plan)
-    _paint_trees(sc, plan, autumn=rng.random() < 0.1)
+    _paint_trees(sc, plan, autumn=rng.random() < _CONFUSER_ODDS["autumn"])
     plan.roof_mask = np.zeros((sc.size, sc.size), dtype=_F)
     for b in plan.buildings:
         _paint_building(sc, b, plan.roof_mask)
@@ -813,27 +823,38 @@ def _paint_layout(sc: _Scene, plan: _Plan, *, cars: bool = True) -> None:
 
 # --- confusers (same odds in every class) ----------------------------------------------------
 
+# Probability that a scene of any class holds each look-alike.
+_CONFUSER_ODDS: Mapping[str, float] = {
+    "autumn": 0.05,  # orange-brown tree crowns (fire)
+    "pond": 0.06,  # smooth water blob (flood)
+    "river": 0.05,  # smooth water band (flood)
+    "gravel": 0.06,  # grainy yard or building site (collapse)
+    "parking": 0.06,  # cars packed together (traffic incident)
+    "chimney": 0.04,  # a thin smoke plume (fire)
+    "fog": 0.08,  # grey haze patches (fire smoke)
+}
+
 
 def _confuser_patches(sc: _Scene) -> None:
     """Ground-level look-alikes painted under roads and buildings: ponds, rivers, gravel yards."""
     rng = sc.rng
-    if rng.random() < 0.15:
+    if rng.random() < _CONFUSER_ODDS["pond"]:
         _pond(sc)
-    if rng.random() < 0.1:
+    if rng.random() < _CONFUSER_ODDS["river"]:
         _river(sc)
-    if rng.random() < 0.15:
+    if rng.random() < _CONFUSER_ODDS["gravel"]:
         _gravel_yard(sc)
 
 
 def _confuser_objects(sc: _Scene, plan: _Plan) -> None:
     """Look-alikes on top of the layout: parking lots, fog, chimney smoke."""
     rng = sc.rng
-    if rng.random() < 0.12:
+    if rng.random() < _CONFUSER_ODDS["parking"]:
         _parking_lot(sc)
-    if rng.random() < 0.06:
+    if rng.random() < _CONFUSER_ODDS["chimney"]:
         cx, cy = rng.uniform(0.1, 0.9, 2) * sc.size
         _smoke(sc, cx, cy, density=rng.uniform(0.2, 0.45), width=sc.unit * rng.uniform(2, 4))
-    if rng.random() < 0.12:
+    if rng.random() < _CONFUSER_ODDS["fog"]:
         fog = _smooth_noise(rng, sc.size, sc.unit * rng.uniform(30, 60))
         _blend(sc.img, fog * _F(rng.uniform(0.2, 0.45)), _jitter(rng, (0.75, 0.76, 0.78), 0.04))
 
@@ -847,7 +868,7 @@ def _water_color(rng: np.random.Generator) -> np.ndarray:
 def _pond(sc: _Scene) -> None:
     rng = sc.rng
     cx, cy = rng.uniform(0.1, 0.9, 2) * sc.size
-    blob = _blob(sc, cx, cy, sc.unit * rng.uniform(6, 16), roughness=0.25)
+    blob = _blob(sc, cx, cy, sc.unit * rng.uniform(5, 13), roughness=0.25)
     if blob is None:
         return
     sl, rho = blob
@@ -861,7 +882,7 @@ def _river(sc: _Scene) -> None:
     wave = _F(sc.unit * rng.uniform(4, 12)) * np.sin(
         along * _F(2 * math.pi / (sc.unit * rng.uniform(50, 120))) + _F(rng.uniform(0, 6.3))
     )
-    width = sc.unit * rng.uniform(7, 18)
+    width = sc.unit * rng.uniform(5, 13)
     d = across - _F(rng.uniform(-0.35, 0.35) * sc.size) - wave
     _blend(sc.img, _edge(width / 2 - np.abs(d)), _water_color(rng))
 
@@ -876,7 +897,7 @@ def _gravel_yard(sc: _Scene) -> None:
         return
     sl, dx, dy = win
     mask = _rect_mask(dx, dy, half_l, half_w, sc.heading)
-    _rubble_fill(sc, sl, mask, contrast=rng.uniform(0.08, 0.2))
+    _rubble_fill(sc, sl, mask, contrast=rng.uniform(0.05, 0.15))
 
 
 def _parking_lot(sc: _Scene) -> None:
@@ -927,7 +948,10 @@ def _rubble_fill(sc: _Scene, sl: tuple[slice, slice], mask: np.ndarray, contrast
     rng = sc.rng
     h, w = mask.shape
     grain = rng.standard_normal((h, w), dtype=_F)
-    coarse = rng.random((h // 2 + 2, w // 2 + 2), dtype=_F).repeat(2, 0).repeat(2, 1)[:h, :w]
+    # Chunks of two materials, about two (nominal) pixels across, so the grain survives downscaling.
+    block = max(2, round(2 * sc.unit))
+    coarse = rng.random((h // block + 2, w // block + 2), dtype=_F)
+    coarse = coarse.repeat(block, 0).repeat(block, 1)[:h, :w]
     base = _jitter(rng, _pick_color(rng, {(0.55, 0.53, 0.50): 2, (0.60, 0.52, 0.42): 1}), 0.05)
     second = _jitter(rng, (0.42, 0.36, 0.30), 0.05)
     mix = (coarse > 0.5).astype(_F)
@@ -941,9 +965,13 @@ def _rubble_fill(sc: _Scene, sl: tuple[slice, slice], mask: np.ndarray, contrast
 # --- class cues -------------------------------------------------------------------------------
 
 
+# Cue strength ~ Beta(a, b) on [0, 1]: mostly clear cues, with a tail of weak, ambiguous ones.
+_STRENGTH_BETA = (2.5, 1.0)
+
+
 def _strength(rng: np.random.Generator) -> float:
     """How visible a cue is: skewed so that a fair share of every class is hard (weak cue)."""
-    return float(rng.beta(1.3, 1.3))
+    return float(rng.beta(*_STRENGTH_BETA))
 
 
 def _cue_normal(sc: _Scene, plan: _Plan) -> None:
@@ -964,7 +992,7 @@ def _cue_fire(sc: _Scene, plan: _Plan) -> None:
         cx, cy = b.cx, b.cy
     else:
         cx, cy = rng.uniform(0.2, 0.8, 2) * sc.size
-    radius = sc.unit * (2.0 + 9.0 * strength) * rng.uniform(0.8, 1.2)
+    radius = sc.unit * (3.5 + 12.0 * strength) * rng.uniform(0.8, 1.2)
     scorch = _blob(sc, cx, cy, radius * rng.uniform(1.5, 2.6), roughness=0.35)
     if scorch is not None:
         sl, rho = scorch
@@ -972,7 +1000,7 @@ def _cue_fire(sc: _Scene, plan: _Plan) -> None:
             sc.img[sl], _smoothstep(1 - rho, 0, 0.3) * _F(rng.uniform(0.5, 0.9)), (0.1, 0.09, 0.08)
         )
     front = plan.kind == "forest" and rng.random() < 0.5
-    count = 1 + round(4 * strength * rng.random())
+    count = 1 + round(5 * strength * rng.uniform(0.5, 1.0))
     for _ in range(count):
         if front:  # a fire front: flames strung along a line
             t = rng.uniform(-2.5, 2.5) * radius
@@ -980,7 +1008,7 @@ def _cue_fire(sc: _Scene, plan: _Plan) -> None:
         else:
             ox, oy = rng.normal(0, 0.7 * radius, 2)
         _flame(sc, cx + ox, cy + oy, radius * rng.uniform(0.4, 1.0))
-    density = rng.uniform(0.3, 0.9) * (1.2 - 0.5 * strength)
+    density = rng.uniform(0.4, 1.0)
     _smoke(sc, cx, cy, density=density, width=radius * rng.uniform(0.8, 1.6))
 
 
@@ -1015,7 +1043,7 @@ def _cue_flooded(sc: _Scene, plan: _Plan) -> None:
     rng = sc.rng
     _paint_layout(sc, plan, cars=rng.random() < 0.3)
     strength = _strength(rng)
-    cover = 0.12 + 0.68 * strength
+    cover = 0.2 + 0.7 * strength
     along, _ = _scene_frame(sc, rng.uniform(0, 2 * math.pi))
     field = _fractal(rng, sc.size, sc.unit * rng.uniform(35, 70), 3) + along / _F(
         sc.size * rng.uniform(0.25, 0.6)
@@ -1035,23 +1063,30 @@ def _cue_flooded(sc: _Scene, plan: _Plan) -> None:
 
 
 def _cue_collapsed(sc: _Scene, plan: _Plan) -> None:
-    """Collapsed buildings: rubble fields with broken roof fragments in place of some buildings.
+    """Collapsed buildings: rubble heaps with broken roof slabs in place of buildings, and dust.
 
-    Weak cases: one building, half collapsed, among intact ones.
+    Strong cases are a rubble field; weak cases are one building, half collapsed, among intact ones.
     """
     rng = sc.rng
     strength = _strength(rng)
     if not plan.buildings:
         plan.buildings = _scattered_buildings(sc, 2)
     central = sorted(plan.buildings, key=lambda b: math.hypot(b.cx - sc.centre, b.cy - sc.centre))
-    count = max(1, round(strength * len(central) * rng.uniform(0.2, 0.7)))
-    victims = central[:count]
-    partial = strength < 0.3
-    standing = [b for b in plan.buildings if b not in victims or partial]
-    plan.buildings = standing
+    share = (0.15 + 0.85 * strength) * rng.uniform(0.7, 1.0)
+    victims = central[: max(1, round(share * len(central)))]
+    partial = strength < 0.15
+    if not partial:
+        plan.buildings = [b for b in plan.buildings if b not in victims]
     _paint_layout(sc, plan)
+    if strength > 0.4:  # a whole block came down: one large rubble field around the centre
+        radius = sc.size * (0.12 + 0.25 * (strength - 0.4) / 0.6)
+        cx, cy = sc.centre + rng.normal(0, 0.12, 2) * sc.size
+        _rubble_heap(sc, cx, cy, radius, _jitter(rng, _pick_color(rng, _ROOFS), 0.05))
     for b in victims:
         _rubble(sc, b, partial=partial)
+    # Dust settles over the whole area of a large collapse: a pale, desaturated veil.
+    dust = _smooth_noise(rng, sc.size, sc.unit * rng.uniform(20, 40))
+    _blend(sc.img, dust * _F(0.45 * strength * rng.uniform(0.5, 1.0)), (0.72, 0.68, 0.6))
 
 
 def _rubble(sc: _Scene, b: _Building, partial: bool) -> None:
@@ -1063,20 +1098,27 @@ def _rubble(sc: _Scene, b: _Building, partial: bool) -> None:
         radius = max(b.half_l, b.half_w) * rng.uniform(0.6, 0.9)
     else:
         cx, cy = b.cx, b.cy
-        radius = max(b.half_l, b.half_w) * rng.uniform(1.0, 1.4)
+        radius = max(b.half_l, b.half_w) * rng.uniform(1.1, 1.6)
+    _rubble_heap(sc, cx, cy, radius, b.color)
+
+
+def _rubble_heap(sc: _Scene, cx: float, cy: float, radius: float, roof: np.ndarray) -> None:
+    """An irregular heap: dust skirt, grainy rubble, dark voids and broken roof slabs."""
+    rng = sc.rng
     blob = _blob(sc, cx, cy, radius, roughness=0.5)
     if blob is None:
         return
     sl, rho = blob
     mask = _smoothstep(1.0 - rho, 0.0, 0.25)
-    _blend(sc.img[sl], _smoothstep(1.4 - rho, 0, 0.4) * _F(0.3), (0.7, 0.66, 0.6))  # dust
-    _rubble_fill(sc, sl, mask, contrast=rng.uniform(0.2, 0.4))
-    voids = rng.random(mask.shape, dtype=_F) < 0.06
-    sc.img[sl] *= (1.0 - 0.6 * voids * mask)[..., None]
-    for _ in range(int(rng.integers(2, 7))):  # broken roof slabs at random angles
+    _blend(sc.img[sl], _smoothstep(1.5 - rho, 0, 0.5) * _F(0.35), (0.7, 0.66, 0.6))  # dust
+    _rubble_fill(sc, sl, mask, contrast=rng.uniform(0.25, 0.45))
+    h, w = mask.shape
+    voids = _smooth_noise(rng, max(h, w), 2.0 * sc.unit)[:h, :w] > 0.72
+    sc.img[sl] *= (1.0 - 0.65 * voids * mask)[..., None]
+    for _ in range(int(rng.integers(3, 6 + radius / (2 * sc.unit)))):  # broken slabs, any angle
         fx, fy = cx + rng.normal(0, 0.45 * radius), cy + rng.normal(0, 0.45 * radius)
-        size = radius * rng.uniform(0.2, 0.45)
-        _slab(sc, fx, fy, size, size * rng.uniform(0.3, 0.7), rng.uniform(0, math.pi), b.color)
+        size = radius * rng.uniform(0.15, 0.4)
+        _slab(sc, fx, fy, size, size * rng.uniform(0.3, 0.7), rng.uniform(0, math.pi), roof)
 
 
 def _slab(
@@ -1091,46 +1133,55 @@ def _slab(
 
 
 def _cue_traffic(sc: _Scene, plan: _Plan) -> None:
-    """Traffic incident: a few cars clustered on the road at odd angles, debris, skid marks.
+    """Traffic incident: cars clustered on the road at odd angles, debris, fluids, skid marks.
 
-    Extras: an emergency vehicle, a queue, a car off the road, a smoking wreck. Weak cases: two
-    touching cars slightly askew.
+    Extras: emergency vehicles, a car off the road, a smoking wreck. Weak cases: two touching cars
+    slightly askew and a little debris.
     """
     rng = sc.rng
     _paint_layout(sc, plan)
     strength = _strength(rng)
     road = min(plan.roads, key=lambda r: abs(r.offset))
-    along = rng.uniform(-0.25, 0.25) * sc.size
+    along = rng.uniform(-0.2, 0.2) * sc.size
     across = road.offset + rng.uniform(-0.3, 0.3) * road.width
     cx, cy = _road_point(sc, road, along, across)
-    spread = sc.unit * (3.5 + 8.0 * strength)
-    if rng.random() < 0.35 + 0.3 * strength:  # spilled fluids and scorch
-        blob = _blob(sc, cx, cy, spread * rng.uniform(0.6, 1.2), roughness=0.4)
+    spread = sc.unit * (5.0 + 10.0 * strength)
+    if rng.random() < 0.4 + 0.6 * strength:  # spilled fuel and oil
+        blob = _blob(sc, cx, cy, spread * rng.uniform(0.7, 1.3), roughness=0.4)
         if blob is not None:
             sl, rho = blob
-            _blend(sc.img[sl], _smoothstep(1 - rho, 0, 0.3) * _F(0.5), (0.12, 0.12, 0.12))
-    _skid_marks(sc, road, cx, cy, count=int(rng.integers(0, 3)))
-    cars = 2 + round(4 * strength * rng.random())
+            _blend(sc.img[sl], _smoothstep(1 - rho, 0, 0.3) * _F(0.55), (0.1, 0.1, 0.11))
+    _skid_marks(sc, road, cx, cy, count=int(rng.integers(0, 4)))
+    cars = 2 + round(8 * strength * rng.uniform(0.6, 1.0))
     max_skew = math.radians(20 + 70 * strength)
     for k in range(cars):
-        ox, oy = rng.normal(0, spread * 0.6, 2) if k else (0.0, 0.0)
-        skew = rng.uniform(math.radians(12), max_skew) * _sign(rng)
+        ox, oy = rng.normal(0, spread * 0.5, 2) if k else (0.0, 0.0)
+        skew = rng.uniform(math.radians(15), max_skew) * _sign(rng)
         heading = road.angle + skew + _half_turn(rng)
         _paint_car(sc, cx + ox, cy + oy, heading, _car_color(rng))
-    _debris(sc, cx, cy, spread * 1.3, count=int(6 + 30 * strength))
-    if rng.random() < 0.3:
-        ox, oy = rng.normal(0, spread, 2) + np.array(sc.sun) * 6
+    _debris(sc, cx, cy, spread * 1.2, count=int(10 + 80 * strength))
+    _debris(sc, cx, cy, spread * 1.5, count=int(20 * strength), people=True)
+    for _ in range(int(rng.random() < 0.3 + 0.5 * strength) + int(rng.random() < strength)):
+        ox, oy = rng.normal(0, spread, 2)
+        color, length = _pick(rng, _RESPONDERS)
         _paint_car(
             sc,
             cx + ox,
             cy + oy,
-            road.angle + rng.normal(0, 0.2),
-            (0.92, 0.92, 0.9),
-            length=sc.unit * 11,
+            road.angle + rng.normal(0, 0.3),
+            color,
+            length=sc.unit * length,
             emergency=True,
         )
     if rng.random() < 0.12:  # a burning wreck: the fire confuser
         _smoke(sc, cx, cy, density=rng.uniform(0.3, 0.7), width=spread * 0.6)
+
+
+_RESPONDERS: Mapping[tuple[_Color, float], float] = {
+    ((0.93, 0.93, 0.9), 10.0): 0.5,  # ambulance / police
+    ((0.80, 0.08, 0.06), 14.0): 0.3,  # fire engine
+    ((0.95, 0.75, 0.1), 15.0): 0.2,  # tow truck
+}
 
 
 def _skid_marks(sc: _Scene, road: _Road, cx: float, cy: float, count: int) -> None:
@@ -1148,9 +1199,18 @@ def _skid_marks(sc: _Scene, road: _Road, cx: float, cy: float, count: int) -> No
         _blend(sc.img[sl], mask * _F(0.6), (0.1, 0.1, 0.1))
 
 
-def _debris(sc: _Scene, cx: float, cy: float, spread: float, count: int) -> None:
-    """Single-pixel specks of glass, plastic and metal scattered around the crash."""
+def _debris(
+    sc: _Scene, cx: float, cy: float, spread: float, count: int, people: bool = False
+) -> None:
+    """Single-pixel specks of glass, plastic and metal scattered around the crash (or people,
+    in high-visibility orange and yellow or dark clothes)."""
     rng = sc.rng
+    if people:
+        colors = np.array([(1.0, 0.55, 0.1), (0.95, 0.9, 0.2), (0.15, 0.15, 0.2)], dtype=_F)
+        xs = np.clip(np.round(cx + rng.normal(0, spread, count)), 0, sc.size - 1).astype(np.intp)
+        ys = np.clip(np.round(cy + rng.normal(0, spread, count)), 0, sc.size - 1).astype(np.intp)
+        sc.img[ys, xs] = colors[rng.integers(0, 3, count)]
+        return
     xs = np.clip(np.round(cx + rng.normal(0, spread, count)), 0, sc.size - 1).astype(np.intp)
     ys = np.clip(np.round(cy + rng.normal(0, spread, count)), 0, sc.size - 1).astype(np.intp)
     colors = rng.uniform(0.05, 1.0, (count, 3)).astype(_F)
@@ -1181,5 +1241,5 @@ def _apply_camera(sc: _Scene) -> None:
     if rng.random() < 0.3:
         _blend(img, np.full(img.shape[:2], rng.uniform(0.05, 0.25), _F), (0.72, 0.74, 0.78))
     img = _gaussian_blur(img, rng.uniform(0.0, 1.1) * sc.size / BASE_SIZE)
-    img += _F(rng.uniform(0.005, 0.03)) * rng.standard_normal(img.shape, dtype=_F)
+    img += _F(rng.uniform(0.003, 0.02)) * rng.standard_normal(img.shape, dtype=_F)
     sc.img = img
