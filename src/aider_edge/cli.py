@@ -108,6 +108,56 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from aider_edge.bundling import build_from_export
+
+    out = build_from_export(
+        Path(args.export_dir),
+        Path(args.out),
+        model=args.model,
+        allow_unvalidated=args.allow_unvalidated,
+    )
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    print(
+        f"{out}: model {manifest['model_version']} ({manifest['source']['model_file']}), "
+        f"sha256 {manifest['files']['model.onnx'][:12]}..."
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    # aider_edge.edge imports numpy, Pillow and onnxruntime only: this runs on the drone.
+    from aider_edge.edge.commands import predict_command
+
+    return predict_command(
+        args.bundle, args.inputs, threads=args.threads, max_pixels=args.max_pixels
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from aider_edge.edge.commands import bench_command
+
+    report = bench_command(
+        args.bundle,
+        profile=args.profile,
+        threads=args.threads,
+        budget_ms=args.budget_ms,
+        runs=args.runs,
+        warmup=args.warmup,
+        out_path=args.out,
+    )
+    print(json.dumps(report, indent=2))
+    # Like predict: non-zero when the measured p90 is over the budget, so a script notices.
+    return 0 if report["passed"] else 1
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aider-edge",
@@ -132,6 +182,59 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--scenario", required=True, help="a key of split.scenarios, e.g. s1")
     train.add_argument("--method", required=True, help="baseline, adaptive, wce or supcon_fixed")
     stage("report", cmd_report, "tables and figures over every run (DVC stage 'report')")
+
+    # --- the drone bundle and the commands that run on the drone (no params file needed) ----
+    bundle = sub.add_parser(
+        "bundle",
+        help="build the drone bundle (model.onnx + manifest.json) from export/",
+        description="Build the drone bundle from the exported, validated model.",
+    )
+    bundle.add_argument("--export-dir", default="export", help="default: %(default)s")
+    bundle.add_argument("--out", default="dist/bundle", help="bundle folder (default: %(default)s)")
+    bundle.add_argument(
+        "--model",
+        choices=("auto", "fp32", "int8"),
+        default="auto",
+        help="auto: INT8 when validate kept it, else fp32 (default: %(default)s)",
+    )
+    bundle.add_argument(
+        "--allow-unvalidated",
+        action="store_true",
+        help="bundle even without a passed validation.json (trial bundles only)",
+    )
+    bundle.set_defaults(func=cmd_bundle)
+
+    predict = sub.add_parser(
+        "predict",
+        help="classify images with a bundle (one JSON line per image)",
+        description="Classify images with a drone bundle: one JSON line per image; exit 0 if "
+        "all were classified, 1 if any failed, 2 if the bundle is bad.",
+    )
+    predict.add_argument("--bundle", required=True, help="bundle folder")
+    predict.add_argument("--threads", type=_positive_int, help="intra-op threads (default: all)")
+    predict.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=40_000_000,
+        help="refuse larger images before decoding (default: %(default)s)",
+    )
+    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    predict.set_defaults(func=cmd_predict)
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure the bundle's latency here (on the drone) and write the JSON report",
+        description="Batch-1 latency of the bundle's model on this machine, as validate reports "
+        "it; exit 1 when p90 is over the budget.",
+    )
+    bench.add_argument("--bundle", required=True, help="bundle folder")
+    bench.add_argument("--profile", help="a profile from the bundle's validation figures")
+    bench.add_argument("--threads", type=_positive_int, help="intra-op threads")
+    bench.add_argument("--budget-ms", type=float, help="p90 budget in ms")
+    bench.add_argument("--runs", type=_positive_int, default=200, help="default: %(default)s")
+    bench.add_argument("--warmup", type=int, default=20, help="default: %(default)s")
+    bench.add_argument("--out", help="also write the report here (atomically)")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

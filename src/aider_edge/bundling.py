@@ -1,0 +1,218 @@
+"""Build the drone bundle (``DESIGN.md``, "The drone bundle") from an exported ONNX model.
+
+The bundle is a folder with ``model.onnx`` and ``manifest.json``. The manifest repeats what the
+drone needs from the model's metadata (classes, preprocessing), the sha256 of every file, the
+registry entry the model came from and the validation figures it passed. The folder is written
+atomically and, before it replaces an old one, read back with the edge runtime itself (checksums,
+manifest, onnxruntime session and its signature), so a bundle that exists is one the drone accepts.
+
+This module runs on the build host (it uses ``onnx`` to rewrite one metadata value); the drone
+only ever runs :mod:`aider_edge.edge`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from aider_edge import atomic
+from aider_edge.edge.bundle import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    BundleError,
+    load_bundle,
+    sha256_file,
+)
+
+META = "aider_edge."
+REQUIRED_METADATA = ("classes", "input_size", "mean", "std", "layout", "resize")
+UNREGISTERED = "unregistered"
+FP32_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+VALIDATION_FILE = "validation.json"
+EXPORT_HINT = "re-run `aider-edge export` (or `dvc repro export`)"
+
+ModelChoice = Literal["auto", "fp32", "int8"]
+
+
+def build_bundle(
+    model_path: Path,
+    out_dir: Path,
+    *,
+    validation: dict | None = None,
+    registry: dict | None = None,
+) -> Path:
+    """Write the bundle for ``model_path`` to ``out_dir`` (replaced atomically); return ``out_dir``.
+
+    ``registry`` ({model_name, version, alias, run_id}) stamps the model version into the model's
+    metadata and the manifest; without it the version stays what export wrote (``unregistered``).
+    """
+    import onnx
+
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    if not model_path.is_file():
+        raise BundleError(f"{model_path}: no such model; {EXPORT_HINT}")
+    try:
+        proto = onnx.load_model(str(model_path))
+    except Exception as exc:  # protobuf DecodeError and friends: the file is not an ONNX model
+        raise BundleError(
+            f"{model_path} is not a readable ONNX model ({type(exc).__name__}); {EXPORT_HINT}"
+        ) from None
+    meta = {p.key[len(META) :]: p.value for p in proto.metadata_props if p.key.startswith(META)}
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise BundleError(
+            f"{model_path} lacks metadata {', '.join(META + k for k in missing)}; {EXPORT_HINT}"
+        )
+    registry = _registry(registry)
+    version = str(registry["version"]) if registry else meta.get("model_version", UNREGISTERED)
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "files": {},
+        "classes": _json_meta(meta, "classes", model_path),
+        "preprocessing": {
+            "input_size": _int_meta(meta, "input_size", model_path),
+            "mean": _json_meta(meta, "mean", model_path),
+            "std": _json_meta(meta, "std", model_path),
+            "layout": meta["layout"],
+            "resize": meta["resize"],
+        },
+        "model_version": version,
+        "registry": registry,
+        "validation": validation,
+        # Lineage for whoever finds a bundle on a drone: which run and which data made it.
+        "source": {
+            "model_file": model_path.name,
+            "mlflow_run_id": meta.get("mlflow_run_id"),
+            "data_hash": meta.get("data_hash"),
+        },
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    with atomic.atomic_dir(out_dir) as tmp:
+        target = tmp / MODEL_FILE
+        if meta.get("model_version") == version:
+            # Nothing to stamp: ship the exact bytes that validate measured.
+            shutil.copyfile(model_path, target)
+        else:
+            props = {p.key: p for p in proto.metadata_props}
+            entry = props.get(META + "model_version") or proto.metadata_props.add(
+                key=META + "model_version"
+            )
+            entry.value = version
+            onnx.save_model(proto, str(target))
+        manifest["files"] = {MODEL_FILE: sha256_file(target)}
+        atomic.write_json(tmp / MANIFEST_FILE, manifest)
+        _self_check(tmp, model_path)
+    return out_dir
+
+
+def build_from_export(
+    export_dir: Path,
+    out_dir: Path,
+    *,
+    model: ModelChoice = "auto",
+    allow_unvalidated: bool = False,
+    registry: dict | None = None,
+) -> Path:
+    """The bundle of what ``export`` and ``validate`` left in ``export_dir``.
+
+    ``model="auto"`` ships the INT8 model when validate kept it (``validation.json``:
+    ``int8.kept``), else fp32. A model whose validation is missing or failed is refused unless
+    ``allow_unvalidated`` (a bundle for a bench trial, say); the manifest then says so.
+    """
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise BundleError(
+            f"export folder {export_dir} does not exist; run `dvc repro export validate` first"
+        )
+    validation = _read_validation(export_dir / VALIDATION_FILE)
+    if validation is None and not allow_unvalidated:
+        raise BundleError(
+            f"{export_dir / VALIDATION_FILE} is missing: run `dvc repro validate` first "
+            "(or pass --allow-unvalidated for a trial bundle)"
+        )
+    if validation is not None and validation.get("passed") is not True and not allow_unvalidated:
+        failures = "; ".join(map(str, validation.get("failures") or [])) or "passed is not true"
+        raise BundleError(
+            f"{export_dir / VALIDATION_FILE}: validation failed ({failures}); fix the model or "
+            "pass --allow-unvalidated for a trial bundle"
+        )
+    name = _choose_model(export_dir, model, validation)
+    return build_bundle(export_dir / name, out_dir, validation=validation, registry=registry)
+
+
+def _choose_model(export_dir: Path, model: ModelChoice, validation: dict | None) -> str:
+    if model == "fp32":
+        name = FP32_FILE
+    elif model == "int8":
+        name = INT8_FILE
+    else:
+        int8 = (validation or {}).get("int8")
+        kept = isinstance(int8, dict) and int8.get("kept") is True
+        name = INT8_FILE if kept and (export_dir / INT8_FILE).is_file() else FP32_FILE
+    if not (export_dir / name).is_file():
+        raise BundleError(f"{export_dir / name} does not exist; {EXPORT_HINT}")
+    return name
+
+
+def _read_validation(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(
+            f"{path} is not valid JSON ({exc}); run `dvc repro validate` again"
+        ) from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path} must hold a JSON object; run `dvc repro validate` again")
+    return data
+
+
+def _registry(registry: dict | None) -> dict | None:
+    if registry is None:
+        return None
+    if registry.get("version") in (None, ""):
+        raise BundleError("registry entry has no 'version': pass the registered model version")
+    return {
+        "model_name": registry.get("model_name"),
+        "version": str(registry["version"]),
+        "alias": registry.get("alias"),
+        "run_id": registry.get("run_id"),
+    }
+
+
+def _json_meta(meta: dict[str, str], key: str, where: Path) -> Any:
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError:
+        raise BundleError(
+            f"{where}: metadata {META + key} is not JSON ({meta[key][:40]!r}); {EXPORT_HINT}"
+        ) from None
+
+
+def _int_meta(meta: dict[str, str], key: str, where: Path) -> int:
+    try:
+        return int(meta[key])
+    except ValueError:
+        raise BundleError(
+            f"{where}: metadata {META + key} = {meta[key]!r} is not an integer; {EXPORT_HINT}"
+        ) from None
+
+
+def _self_check(folder: Path, model_path: Path) -> None:
+    """Open the new bundle exactly as the drone will; any complaint stops the build."""
+    from aider_edge.edge.runtime import EdgeModel
+
+    try:
+        EdgeModel(load_bundle(folder), threads=1)
+    except BundleError as exc:
+        # The message names the temporary folder; the model is what the user can fix.
+        reason = str(exc).split(": ", 1)[-1].split("; ")[0]
+        raise BundleError(
+            f"{model_path}: the edge runtime would refuse its bundle ({reason}); {EXPORT_HINT}"
+        ) from None

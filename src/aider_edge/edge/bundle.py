@@ -1,0 +1,224 @@
+"""Read a drone bundle and prove it is complete and untouched before anything is loaded from it.
+
+A bundle is a folder holding ``model.onnx`` and ``manifest.json``. The manifest lists every file
+with its sha256, the class names, the preprocessing and the model version (see ``DESIGN.md``).
+:func:`load_bundle` refuses, with one line that says what is wrong and how to fix it, a folder
+without a manifest, a manifest that does not parse or misses a key, a listed file that is missing
+(an interrupted copy) or whose checksum differs (a corrupted or altered file). Files that the
+manifest does not list are ignored: nothing reads them.
+
+The checksums catch accidents and naive edits, not an attacker who rewrites the manifest too; a
+signature over the manifest would be the next step for that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from aider_edge.errors import AiderEdgeError
+
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+FORMAT_VERSION = 1
+LAYOUTS = ("NCHW_float32_normalized", "NHWC_uint8")
+RESIZE_METHODS = ("bilinear",)
+_CHUNK = 1 << 20
+REBUILD_HINT = "rebuild it with `aider-edge bundle` and copy it again"
+
+
+class BundleError(AiderEdgeError):
+    """The bundle folder cannot be trusted or used as it is."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a frame becomes the model's input; mirrors training's decode (``data/cache.py``)."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    layout: str
+    resize: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "input_size": self.input_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "layout": self.layout,
+            "resize": self.resize,
+        }
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: dict[str, Any]
+    classes: tuple[str, ...]
+    preprocessing: Preprocessing
+    model_version: str
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / MODEL_FILE
+
+    @property
+    def model_sha256(self) -> str:
+        return self.manifest["files"][MODEL_FILE]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_bundle(root: str | Path) -> Bundle:
+    """Parse ``root/manifest.json`` and verify every listed file's checksum."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BundleError(
+            f"bundle folder {root} does not exist: pass the folder that holds {MANIFEST_FILE}"
+        )
+    manifest_path = root / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise BundleError(f"{root} is not a bundle: no {MANIFEST_FILE} in it; {REBUILD_HINT}")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON ({exc}); {REBUILD_HINT}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{manifest_path} must hold a JSON object; {REBUILD_HINT}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: format_version {version!r} is not supported by this runtime "
+            f"(expects {FORMAT_VERSION}); build the bundle and the runtime from the same release"
+        )
+    files = _files(manifest, manifest_path)
+    verify_files(root, files)
+    return Bundle(
+        root=root,
+        manifest=manifest,
+        classes=_classes(manifest, manifest_path),
+        preprocessing=_preprocessing(manifest, manifest_path),
+        model_version=_string(manifest, "model_version", manifest_path),
+    )
+
+
+def verify_files(root: Path, files: dict[str, str]) -> None:
+    """Every listed file exists and hashes to its recorded sha256 (missing ones are named first)."""
+    missing = sorted(name for name in files if not (root / name).is_file())
+    if missing:
+        raise BundleError(
+            f"bundle {root} is incomplete: {', '.join(missing)} missing; {REBUILD_HINT}"
+        )
+    for name, expected in sorted(files.items()):
+        actual = sha256_file(root / name)
+        if actual != expected:
+            raise BundleError(
+                f"bundle {root}: {name} does not match its checksum in {MANIFEST_FILE} "
+                f"(sha256 {actual[:12]}..., expected {expected[:12]}...): the file was altered "
+                f"or damaged; {REBUILD_HINT}"
+            )
+
+
+def _files(manifest: dict[str, Any], where: Path) -> dict[str, str]:
+    files = manifest.get("files")
+    if not isinstance(files, dict) or MODEL_FILE not in files:
+        raise BundleError(
+            f"{where}: 'files' must map file names to sha256 and list {MODEL_FILE}; {REBUILD_HINT}"
+        )
+    for name, digest in files.items():
+        pure = PurePosixPath(name)
+        # Names come from an untrusted file: never let one point outside the bundle folder.
+        if pure.is_absolute() or ".." in pure.parts or "\\" in name or name in ("", "."):
+            raise BundleError(
+                f"{where}: file name {name!r} is not a plain path inside the bundle; {REBUILD_HINT}"
+            )
+        if not (
+            isinstance(digest, str)
+            and len(digest) == 64
+            and all(c in "0123456789abcdef" for c in digest)
+        ):
+            raise BundleError(
+                f"{where}: sha256 of {name} is not 64 lowercase hex digits; {REBUILD_HINT}"
+            )
+    return dict(files)
+
+
+def _classes(manifest: dict[str, Any], where: Path) -> tuple[str, ...]:
+    classes = manifest.get("classes")
+    if (
+        not isinstance(classes, list)
+        or len(classes) < 2
+        or not all(isinstance(c, str) and c for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
+        raise BundleError(
+            f"{where}: 'classes' must be a list of two or more distinct names; {REBUILD_HINT}"
+        )
+    return tuple(classes)
+
+
+def _preprocessing(manifest: dict[str, Any], where: Path) -> Preprocessing:
+    pre = manifest.get("preprocessing")
+    if not isinstance(pre, dict):
+        raise BundleError(f"{where}: 'preprocessing' is missing; {REBUILD_HINT}")
+    size = pre.get("input_size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 4096:
+        raise BundleError(
+            f"{where}: preprocessing.input_size = {size!r} must be an integer in 8..4096"
+        )
+    layout = pre.get("layout")
+    if layout not in LAYOUTS:
+        raise BundleError(
+            f"{where}: preprocessing.layout = {layout!r}; this runtime supports {', '.join(LAYOUTS)}"
+        )
+    resize = pre.get("resize")
+    if resize not in RESIZE_METHODS:
+        raise BundleError(
+            f"{where}: preprocessing.resize = {resize!r}; this runtime supports {', '.join(RESIZE_METHODS)}"
+        )
+    return Preprocessing(
+        input_size=size,
+        mean=_triple(pre, "mean", where, positive=False),
+        std=_triple(pre, "std", where, positive=True),
+        layout=layout,
+        resize=resize,
+    )
+
+
+def _triple(
+    pre: dict[str, Any], key: str, where: Path, *, positive: bool
+) -> tuple[float, float, float]:
+    values = pre.get(key)
+    ok = (
+        isinstance(values, list)
+        and len(values) == 3
+        and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in values
+        )
+        and (not positive or all(v > 0 for v in values))
+    )
+    if not ok:
+        rule = "three positive numbers" if positive else "three numbers"
+        raise BundleError(
+            f"{where}: preprocessing.{key} = {values!r} must be {rule} (RGB, 0-1 scale)"
+        )
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def _string(manifest: dict[str, Any], key: str, where: Path) -> str:
+    value = manifest.get(key)
+    if not isinstance(value, str) or not value:
+        raise BundleError(f"{where}: {key!r} must be a non-empty string; {REBUILD_HINT}")
+    return value

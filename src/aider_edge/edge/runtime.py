@@ -1,0 +1,138 @@
+"""Run a verified bundle's classifier with onnxruntime (CPU), one frame or a batch at a time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from aider_edge.edge.bundle import MODEL_FILE, REBUILD_HINT, Bundle, BundleError, load_bundle
+from aider_edge.edge.preprocess import to_model_input
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+_INPUT_TYPES = {"NCHW_float32_normalized": "tensor(float)", "NHWC_uint8": "tensor(uint8)"}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probabilities: dict[str, float]
+
+
+class EdgeModel:
+    """A bundle's model in an onnxruntime session, checked against the manifest."""
+
+    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
+        self.bundle = bundle
+        # Load the very bytes that were hashed: the file could change between check and load.
+        data = bundle.model_path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != bundle.model_sha256:
+            raise BundleError(
+                f"bundle {bundle.root}: {MODEL_FILE} changed while loading; {REBUILD_HINT}"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default (all cores)
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            message = " ".join(str(exc).split())[:300]
+            raise BundleError(
+                f"bundle {bundle.root}: onnxruntime cannot load {MODEL_FILE} ({message}); {REBUILD_HINT}"
+            ) from None
+        self._check_signature()
+
+    @classmethod
+    def from_dir(cls, root: str | Path, threads: int | None = None) -> EdgeModel:
+        return cls(load_bundle(root), threads)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.bundle.classes
+
+    @property
+    def input_size(self) -> int:
+        return self.bundle.preprocessing.input_size
+
+    def logits(self, frames: np.ndarray) -> np.ndarray:
+        """(N, size, size, 3) uint8 RGB frames -> (N, classes) float32 logits."""
+        x = to_model_input(frames, self.bundle.preprocessing)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    def predict(self, frames: np.ndarray) -> list[Prediction]:
+        probs = softmax(self.logits(frames))
+        return [
+            Prediction(
+                label=self.classes[int(np.argmax(row))],
+                probabilities={c: float(p) for c, p in zip(self.classes, row, strict=True)},
+            )
+            for row in probs
+        ]
+
+    def _check_signature(self) -> None:
+        """The graph's inputs, outputs and metadata agree with the manifest (interface 1)."""
+        root = self.bundle.root
+        pre = self.bundle.preprocessing
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs]:
+            raise BundleError(
+                f"bundle {root}: {MODEL_FILE} must have one input {INPUT_NAME!r} and an output "
+                f"{OUTPUT_NAME!r}, has inputs {[i.name for i in inputs]} and outputs "
+                f"{[o.name for o in outputs]}; re-export it with `aider-edge export`"
+            )
+        expected_type = _INPUT_TYPES[pre.layout]
+        if inputs[0].type != expected_type:
+            raise BundleError(
+                f"bundle {root}: layout {pre.layout} needs a {expected_type} input, the model "
+                f"takes {inputs[0].type}; {REBUILD_HINT}"
+            )
+        shape = inputs[0].shape
+        expected_dims = (
+            (3, pre.input_size, pre.input_size)
+            if pre.layout.startswith("NCHW")
+            else (pre.input_size, pre.input_size, 3)
+        )
+        fixed = [d for d in shape[1:] if isinstance(d, int)]
+        if len(shape) != 4 or (len(fixed) == 3 and tuple(fixed) != expected_dims):
+            raise BundleError(
+                f"bundle {root}: the model's input shape {shape} does not match input_size "
+                f"{pre.input_size} and layout {pre.layout}; {REBUILD_HINT}"
+            )
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "aider_edge.classes" in meta and json.loads(meta["aider_edge.classes"]) != list(
+            self.classes
+        ):
+            raise BundleError(
+                f"bundle {root}: class names in {MODEL_FILE} differ from manifest.json; {REBUILD_HINT}"
+            )
+        out_shape = next(o.shape for o in outputs if o.name == OUTPUT_NAME)
+        if (
+            len(out_shape) == 2
+            and isinstance(out_shape[1], int)
+            and out_shape[1] != len(self.classes)
+        ):
+            raise BundleError(
+                f"bundle {root}: the model outputs {out_shape[1]} logits for "
+                f"{len(self.classes)} classes; {REBUILD_HINT}"
+            )
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    # float64 and max-shifted: no overflow for large logits, probabilities that sum to 1.
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def default_threads() -> int:
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )

@@ -1,0 +1,128 @@
+"""Tiny ONNX classifiers with the export metadata contract (interface 1), built with onnx.helper.
+
+The graph is global average pooling over the (normalised) input followed by a linear layer, so the
+prediction follows the frame's mean colour: a red frame is ``fire``, a blue one ``flooded_areas``,
+a green one ``normal``. That makes predictions checkable by eye, in milliseconds, without torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+CLASSES = ["collapsed_building", "fire", "flooded_areas", "traffic_incident", "normal"]
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
+# Rows: classes; columns: the mean of normalised R, G, B.
+WEIGHTS = np.array(
+    [[0.0, 0.0, 0.0], [4.0, -2.0, -2.0], [-2.0, -2.0, 4.0], [0.5, 0.5, -1.0], [-2.0, 4.0, -2.0]],
+    dtype=np.float32,
+)
+BIAS = np.array([0.1, 0.0, 0.0, 0.0, 0.0], dtype=np.float32)
+
+
+def tiny_model(
+    size: int = 32,
+    *,
+    layout: str = "NCHW_float32_normalized",
+    classes: list[str] = CLASSES,
+    metadata: dict[str, str] | None = None,
+) -> onnx.ModelProto:
+    """A valid opset-18 classifier with a dynamic batch axis and the aider_edge.* metadata."""
+    nodes = []
+    inits = [
+        numpy_helper.from_array(WEIGHTS[: len(classes)].T.copy(), "W"),
+        numpy_helper.from_array(BIAS[: len(classes)].copy(), "B"),
+        numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "flat"),
+    ]
+    if layout == "NHWC_uint8":
+        x = helper.make_tensor_value_info("input", TensorProto.UINT8, ["N", size, size, 3])
+        scale = (1.0 / (255.0 * np.array(STD))).astype(np.float32).reshape(1, 3, 1, 1)
+        shift = (-np.array(MEAN) / np.array(STD)).astype(np.float32).reshape(1, 3, 1, 1)
+        inits += [numpy_helper.from_array(scale, "scale"), numpy_helper.from_array(shift, "shift")]
+        nodes += [
+            helper.make_node("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2]),
+            helper.make_node("Cast", ["nchw"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["f", "scale"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "shift"], ["normalised"]),
+        ]
+        pooled_from = "normalised"
+    else:
+        x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])
+        pooled_from = "input"
+    nodes += [
+        helper.make_node("GlobalAveragePool", [pooled_from], ["pooled"]),
+        helper.make_node("Reshape", ["pooled", "flat"], ["features"]),
+        helper.make_node("Gemm", ["features", "W", "B"], ["logits"]),
+    ]
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(classes)])
+    graph = helper.make_graph(nodes, "tiny", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    meta = {
+        "classes": json.dumps(classes),
+        "input_size": str(size),
+        "mean": json.dumps(MEAN),
+        "std": json.dumps(STD),
+        "layout": layout,
+        "resize": "bilinear",
+        "mlflow_run_id": "0123456789abcdef",
+        "data_hash": "d41d8cd98f00b204e9800998ecf8427e",
+        "model_version": "unregistered",
+    } | (metadata or {})
+    for key, value in meta.items():
+        model.metadata_props.add(key=f"aider_edge.{key}", value=value)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def save_model(path: Path, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(tiny_model(**kwargs), str(path))
+    return path
+
+
+def solid_image(path: Path, rgb: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, rgb).save(path)
+    return path
+
+
+VALIDATION = {
+    "passed": True,
+    "failures": [],
+    "parity": {
+        "top1_agreement": 1.0,
+        "max_abs_logit_diff": 2e-6,
+        "accuracy_torch": 0.9,
+        "accuracy_onnx": 0.9,
+        "g_mean_torch": 0.88,
+        "g_mean_onnx": 0.88,
+    },
+    "latency": [
+        {
+            "profile": "rpi4",
+            "threads": 2,
+            "threads_requested": 4,
+            "p50_ms": 80.0,
+            "p90_ms": 90.0,
+            "p99_ms": 95.0,
+            "budget_ms": 200.0,
+            "passed": True,
+        },
+        {
+            "profile": "host",
+            "threads": 1,
+            "p50_ms": 1.0,
+            "p90_ms": 1.2,
+            "p99_ms": 1.5,
+            "budget_ms": 50.0,
+            "passed": True,
+        },
+    ],
+}
