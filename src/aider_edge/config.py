@@ -223,9 +223,17 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     scenarios: list[str] | None = None
     """Scenarios to train (the DVC matrix); ``None`` = every scenario of ``split.scenarios``."""
-    methods: list[Literal["baseline", "adaptive", "wce", "supcon_fixed"]] = Field(
-        default_factory=lambda: ["baseline", "adaptive"], min_length=1
-    )
+    methods: list[
+        Literal[
+            "baseline",
+            "adaptive",
+            "wce",
+            "supcon_fixed",
+            "logit_adjusted",
+            "ldam_drw",
+            "cb_focal",
+        ]
+    ] = Field(default_factory=lambda: ["baseline", "adaptive"], min_length=1)
     epochs: PositiveInt = 8
     batch_size: Annotated[int, Field(ge=2)] = 32
     lr: PositiveFloat = 1e-3
@@ -249,6 +257,21 @@ class LossConfig(_Section):
     tau_max: PositiveFloat = 0.1
     lambda_min: Annotated[float, Field(ge=0)] = 0.1
     lambda_max: PositiveFloat = 1.0
+    # Knobs of the prior-aware methods (aider_edge.losses; defaults are the papers').
+    la_tau: Annotated[float, Field(ge=0)] = 1.0
+    """``logit_adjusted``: logits + la_tau * log(prior) (Menon et al. 2021); 1 = balanced softmax."""
+    ldam_max_margin: PositiveFloat = 0.5
+    """``ldam_drw``: the rarest class's margin; others get C / n_c^(1/4) (Cao et al. 2019)."""
+    ldam_scale: PositiveFloat = 1.0
+    """``ldam_drw``: logit scale s (the reference code's 30 is for cosine logits; ours are raw)."""
+    drw_epoch: NonNegativeInt = 6
+    """``ldam_drw``: first (0-based) epoch with re-weighting; Cao et al. switch at 80 % of training."""
+    drw_beta: Annotated[float, Field(ge=0, lt=1)] = 0.9999
+    """``ldam_drw``: effective-number beta of the deferred class weights."""
+    cb_beta: Annotated[float, Field(ge=0, lt=1)] = 0.9999
+    """``cb_focal``: effective-number beta (Cui et al. 2019); 0 = no re-weighting."""
+    focal_gamma: Annotated[float, Field(ge=0)] = 2.0
+    """``cb_focal``: focusing parameter; 0 = class-balanced sigmoid cross-entropy."""
 
     @model_validator(mode="after")
     def _ordered_bounds(self) -> LossConfig:
@@ -265,16 +288,105 @@ class LossConfig(_Section):
         return self
 
 
+MethodName = Literal["baseline", "adaptive", "wce", "supcon_fixed"]
+
+
+class SelectConfig(_Section):
+    """Which trained runs compete in ``select``; ``None`` = every trained scenario / method."""
+
+    scenarios: list[str] | None = None
+    methods: list[MethodName] | None = None
+
+
+class CalibrationConfig(_Section):
+    """INT8 activation ranges, computed on images of the selected run's training split."""
+
+    method: Literal["minmax", "entropy", "percentile"] = "entropy"
+    images: PositiveInt = 256
+    """Training images fed to the calibrator (a seeded sample; all when the split is smaller)."""
+    num_bins: Annotated[int, Field(ge=256)] = 2048
+    """Histogram bins (entropy, percentile); onnxruntime's entropy default of 128 equals MinMax."""
+    num_quantized_bins: Annotated[int, Field(ge=16)] = 128
+    percentile: Annotated[float, Field(gt=90, le=100)] = 99.999
+
+    @model_validator(mode="after")
+    def _bins_ordered(self) -> CalibrationConfig:
+        if self.num_quantized_bins >= self.num_bins:
+            raise _KeyedError(
+                ("export", "calibration", "num_quantized_bins"),
+                self.num_quantized_bins,
+                f"must be less than num_bins ({self.num_bins}) or entropy calibration is MinMax",
+            )
+        return self
+
+
 class ExportConfig(_Section):
-    opset: Annotated[int, Field(ge=17)] = 18
+    opset: Annotated[int, Field(ge=18, le=23)] = 18
     int8: bool = True
+    """Also write ``export/model.int8.onnx`` (validate decides whether it is kept)."""
+    preprocessing_in_graph: bool = False
+    """The graph takes uint8 NHWC frames and normalises them itself (layout ``NHWC_uint8``)."""
+    rewrite_pools: bool = True
+    """Exporter's spatial ``ReduceMean`` -> ``GlobalAveragePool`` (kept only if outputs equal)."""
+    int8_activations: Literal["uint8", "int8"] = "uint8"
+    """uint8 (U8S8) is onnxruntime's fast path on x86 VNNI; int8 (S8S8) suits ARM kernels."""
+    calibration: CalibrationConfig = CalibrationConfig()
+
+
+class LatencyProfileConfig(_Section):
+    """A CPU the model must run on; ``scale`` = device latency / host latency (same threads)."""
+
+    name: Annotated[str, Field(min_length=1)]
+    threads: PositiveInt
+    budget_ms: PositiveFloat
+    """On-device p90 budget, batch 1."""
+    scale: PositiveFloat = 1.0
+    calibrated: bool = False
+    """False while ``scale`` is a guess (results are labelled estimated); true once a device
+    report (``aider-edge bench`` on the drone) measured it."""
+
+
+def _default_profiles() -> list[LatencyProfileConfig]:
+    # Scales are uncalibrated guesses from public MobileNetV3 figures for these CPUs relative to
+    # this x86 host (AVX-512); `aider-edge bench` on the device replaces them.
+    return [
+        LatencyProfileConfig(name="host", threads=1, budget_ms=50.0, scale=1.0, calibrated=True),
+        LatencyProfileConfig(name="raspberry_pi_4", threads=4, budget_ms=100.0, scale=8.0),
+        LatencyProfileConfig(name="raspberry_pi_5", threads=4, budget_ms=50.0, scale=3.0),
+        LatencyProfileConfig(name="jetson_nano_cpu", threads=4, budget_ms=120.0, scale=10.0),
+        LatencyProfileConfig(name="jetson_orin_nano_cpu", threads=6, budget_ms=40.0, scale=2.5),
+    ]
 
 
 class ValidateConfig(_Section):
     fp32_atol: PositiveFloat = 1e-4
     fp32_rtol: PositiveFloat = 1e-3
+    fp32_min_top1_agreement: Annotated[float, Field(ge=0, le=1)] = 1.0
     int8_max_g_mean_drop: Annotated[float, Field(ge=0)] = 0.01
     int8_min_top1_agreement: Annotated[float, Field(ge=0, le=1)] = 0.98
+    int8_min_speedup: Annotated[float, Field(ge=1)] = 1.05
+    """INT8 counts as faster when fp32 host p50 / INT8 host p50 reaches this."""
+    int8_max_size_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """INT8 counts as much smaller when its file is at most this fraction of fp32's."""
+    batch_size: PositiveInt = 64
+    """Parity batches over the test split."""
+    latency_runs: Annotated[int, Field(ge=200)] = 200
+    latency_warmup: Annotated[int, Field(ge=1)] = 20
+    gate_estimated: bool = False
+    """Fail the stage on an estimated (uncalibrated-scale) profile over budget; off = report it."""
+    profiles: list[LatencyProfileConfig] = Field(default_factory=_default_profiles, min_length=1)
+
+    @field_validator("profiles")
+    @classmethod
+    def _unique_profiles(cls, profiles: list[LatencyProfileConfig]) -> list[LatencyProfileConfig]:
+        names = [p.name for p in profiles]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"profile names must be unique, repeated: {', '.join(dupes)}")
+        host = [p for p in profiles if p.name == "host"]
+        if host and host[0].scale != 1.0:
+            raise ValueError("the 'host' profile measures this machine: its scale must be 1")
+        return profiles
 
 
 class MlflowConfig(_Section):
@@ -284,7 +396,60 @@ class MlflowConfig(_Section):
 
 
 class RegistryConfig(_Section):
-    model_name: str = "aider-edge-classifier"
+    """The MLflow Model Registry entry and the promotion gate (see :mod:`aider_edge.registry`)."""
+
+    model_name: Annotated[str, Field(min_length=1)] = "aider-edge-classifier"
+    challenger_alias: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")] = "challenger"
+    """Alias of the newest registered version (every registration moves it)."""
+    champion_alias: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")] = "champion"
+    """Alias of the version the drones get; it moves only when the promotion gate passes."""
+    margin: Annotated[float, Field(ge=-1, le=1)] = 0.0
+    """The challenger's test G-Mean must reach the champion's (re-scored on the same test split)
+    plus this margin; a positive margin ignores improvements within noise."""
+
+    @model_validator(mode="after")
+    def _distinct_aliases(self) -> RegistryConfig:
+        if self.challenger_alias == self.champion_alias:
+            raise _KeyedError(
+                ("registry", "challenger_alias"),
+                self.challenger_alias,
+                "must differ from registry.champion_alias",
+            )
+        return self
+
+
+class DvcConfig(_Section):
+    """How the retraining flow versions what the stages produced."""
+
+    remote: str | None = None
+    """DVC remote for ``dvc push`` (a name from ``.dvc/config``); ``None`` = the default remote.
+    The ``AIDER_EDGE_DVC_REMOTE`` environment variable overrides it."""
+    push: bool = False
+    """Push the stage outputs to the remote after a run that changed something."""
+    commit_to_git: bool = False
+    """Commit ``dvc.lock``, ``dvc.yaml`` and ``params.yaml`` to git after a run that changed
+    something, so the registered version's ``git_commit`` tag pins the exact data hashes."""
+
+
+class FlowConfig(_Section):
+    """The Prefect retraining flow (``flows/retrain.py``)."""
+
+    cron: str = "0 3 * * *"
+    """Schedule of ``python flows/retrain.py --serve`` (cron syntax, server time zone)."""
+    stage_retries: NonNegativeInt = 1
+    """Retries of a stage that crashed (a stage that stops with a user error is not retried)."""
+    retry_delay_s: NonNegativeInt = 10
+    lock_timeout_s: NonNegativeInt = 0
+    """How long a second flow run on the same workspace waits for the first; 0 = stop at once."""
+    dist_dir: str = "dist"
+    """Where the champion's drone bundle is published."""
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError("must be a cron expression with 5 fields, e.g. '0 3 * * *'")
+        return value
 
 
 class Params(_Section):
@@ -294,10 +459,32 @@ class Params(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     loss: LossConfig = LossConfig()
+    select: SelectConfig = SelectConfig()
     export: ExportConfig = ExportConfig()
     validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
     mlflow: MlflowConfig = MlflowConfig()
     registry: RegistryConfig = RegistryConfig()
+    dvc: DvcConfig = DvcConfig()
+    flow: FlowConfig = FlowConfig()
+
+    @model_validator(mode="after")
+    def _selected_runs_trained(self) -> Params:
+        # Selection can only choose among runs the train matrix produces.
+        scenarios = [s for s in self.select.scenarios or [] if s not in self.trained_scenarios]
+        if scenarios:
+            raise _KeyedError(
+                ("select", "scenarios"),
+                scenarios,
+                f"not trained (train.scenarios: {', '.join(self.trained_scenarios)})",
+            )
+        methods = [m for m in self.select.methods or [] if m not in self.train.methods]
+        if methods:
+            raise _KeyedError(
+                ("select", "methods"),
+                methods,
+                f"not trained (train.methods: {', '.join(self.train.methods)})",
+            )
+        return self
 
     @model_validator(mode="after")
     def _trained_scenarios_exist(self) -> Params:
@@ -307,6 +494,18 @@ class Params(_Section):
                 ("train", "scenarios"),
                 unknown,
                 f"not in split.scenarios ({', '.join(self.split.scenarios)})",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _drw_starts_in_time(self) -> Params:
+        # A re-weighting epoch past the last epoch would silently train plain LDAM.
+        if "ldam_drw" in self.train.methods and self.loss.drw_epoch >= self.train.epochs:
+            raise _KeyedError(
+                ("loss", "drw_epoch"),
+                self.loss.drw_epoch,
+                f"must be less than train.epochs ({self.train.epochs}) when ldam_drw is trained, "
+                "or the deferred re-weighting never starts (Cao et al. start it at 80 % of epochs)",
             )
         return self
 

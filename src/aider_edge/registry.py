@@ -1,0 +1,555 @@
+"""The MLflow Model Registry side of a retraining run: register, gate, promote, roll back, fetch.
+
+Names (DESIGN.md): registered model ``registry.model_name`` (``aider-edge-classifier``), aliases
+``registry.challenger_alias`` / ``registry.champion_alias`` (``challenger`` / ``champion``).
+
+Register (:func:`register_challenger`)
+    The exported ONNX file is logged with ``mlflow.onnx.log_model`` as one self-contained file
+    (``save_as_external_data=False``: a drone gets one file, never a weights side-car) into the
+    *training run* that produced it (the run is reopened for the log call, so the logged model's
+    ``source_run_id`` is that run), registered as a new version of the model with the run id and
+    the lineage tags (git commit, DVC hashes of the splits, sha256 of the ONNX file), and given
+    the challenger alias. Registering the same ONNX bytes twice returns the existing version. If
+    anything fails midway, the half-made version and logged model are deleted again.
+
+Promotion gate (:func:`promote`)
+    The challenger moves ``champion`` when validation passed and its test G-Mean is at least the
+    champion's plus ``registry.margin``. Both models are re-scored here, with onnxruntime, on the
+    current ``data/splits/test.csv``: the champion's ``metrics.json`` figure may come from another
+    test split (the data changed since), and the gate must compare like with like. MLflow keeps no
+    history of alias moves, so the decision, both figures, the margin and the previous champion
+    are written as ``promotion.*`` tags on the challenger's version; :func:`rollback` walks that
+    chain back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aider_edge import tracking
+from aider_edge.config import Params
+from aider_edge.errors import AiderEdgeError
+
+log = logging.getLogger(__name__)
+
+ONNX_MODEL_NAME = "onnx_model"
+"""``name`` of the logged ONNX model inside the training run (the pt2 model is ``model``)."""
+ONNX_FILE = "model.onnx"
+TEST_SPLIT = Path("data/splits/test.csv")
+
+# model-version tags
+TAG_RUN_ID = "run_id"
+TAG_ONNX_SHA256 = "onnx_sha256"
+TAG_VALIDATION_PASSED = "validation_passed"
+TAG_LINEAGE_COMMIT = "lineage_git_commit"
+"""HEAD when the version was registered: with ``dvc.commit_to_git`` its ``dvc.lock`` holds the
+hashes of exactly the splits the model was trained and tested on (see the README)."""
+TAG_LINEAGE_DIRTY = "lineage_git_dirty"
+TAG_DVC_SPLITS_MD5 = "dvc_splits_md5"
+TAG_TEST_SPLIT_SHA256 = "test_split_sha256"
+LINEAGE_RUN_TAGS = (
+    tracking.TAG_SCENARIO,
+    tracking.TAG_METHOD,
+    tracking.TAG_GIT_COMMIT,
+    tracking.TAG_DVC_SPLIT_MD5,
+    tracking.TAG_DVC_TRAIN_SPLIT_MD5,
+    tracking.TAG_TRAIN_SPLIT_SHA256,
+)
+"""Training-run tags copied onto the version, so the registry alone answers "trained on what"."""
+PROMOTION = "promotion."
+TAG_DECISION = PROMOTION + "decision"  # promoted | kept_champion | rejected
+TAG_PREVIOUS_CHAMPION = PROMOTION + "previous_champion"  # version number or "none"
+ROLLBACK = "rollback."
+
+PROMOTED, KEPT, REJECTED = "promoted", "kept_champion", "rejected"
+
+
+class RegistryError(AiderEdgeError):
+    """The registry cannot do what was asked (no champion, nothing to roll back to, ...)."""
+
+
+# --- connecting -------------------------------------------------------------------------------
+
+
+def connect(params: Params, root: Path):
+    """``(uri, client)`` for the resolved tracking URI, checked first (one clear line if down)."""
+    from mlflow import MlflowClient
+
+    uri = tracking.resolve_tracking_uri(params.mlflow, Path(root).resolve())
+    tracking.check_tracking_server(uri)
+    return uri, MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def alias_version(client, params: Params, alias: str):
+    """The model version holding ``alias``, or ``None`` (no model, no alias)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(params.registry.model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def find_version_by_sha256(client, params: Params, sha256: str):
+    """The registered version of exactly these ONNX bytes, or ``None``."""
+    name = params.registry.model_name
+    for mv in client.search_model_versions(f"name='{name}'"):
+        if mv.tags.get(TAG_ONNX_SHA256) == sha256:
+            return mv
+    return None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- registering ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registration:
+    version: str
+    run_id: str
+    sha256: str
+    new: bool
+    """False when these ONNX bytes were registered before (the existing version is returned)."""
+
+
+def register_challenger(
+    params: Params,
+    root: Path,
+    onnx_path: Path,
+    *,
+    validation: Mapping[str, Any],
+    run_id: str | None = None,
+) -> Registration:
+    """Log ``onnx_path`` into its training run, register it, give it the challenger alias.
+
+    ``run_id`` defaults to the ONNX metadata ``aider_edge.mlflow_run_id`` (set by ``export``).
+    """
+    import mlflow
+    import mlflow.onnx
+    import onnx
+
+    root = Path(root).resolve()
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise RegistryError(f"{onnx_path} is missing: run `dvc repro export` first")
+    uri, client = connect(params, root)
+    name = params.registry.model_name
+    sha = file_sha256(onnx_path)
+    existing = find_version_by_sha256(client, params, sha)
+    if existing is not None:
+        log.info("%s is already version %s of %s", onnx_path, existing.version, name)
+        return Registration(str(existing.version), existing.run_id or "", sha, new=False)
+
+    model = onnx.load(str(onnx_path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    run_id = run_id or meta.get("aider_edge.mlflow_run_id")
+    if not run_id:
+        raise RegistryError(
+            f"{onnx_path} names no training run (metadata aider_edge.mlflow_run_id): "
+            "re-run `dvc repro export`"
+        )
+    run = client.get_run(run_id)  # raises MlflowException when the run is not in this store
+    tags = {k: run.data.tags[k] for k in LINEAGE_RUN_TAGS if k in run.data.tags}
+    tags |= _lineage_now(root)
+    tags |= {
+        TAG_RUN_ID: run_id,
+        TAG_ONNX_SHA256: sha,
+        TAG_VALIDATION_PASSED: str(bool(validation.get("passed"))).lower(),
+    }
+    _ensure_registered_model(client, name)
+
+    created = None
+    model_id = None
+    with _global_uri(uri):
+        try:
+            # Reopening the finished training run links the logged model to it (source_run_id);
+            # it is set back to FINISHED on the way out.
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.onnx.log_model(
+                    model,
+                    name=ONNX_MODEL_NAME,
+                    save_as_external_data=False,
+                    pip_requirements=mlflow.onnx.get_default_pip_requirements(),
+                    metadata={"validation": _jsonable(validation), "onnx_metadata": meta},
+                )
+            model_id = info.model_id
+            created = client.create_model_version(
+                name, source=info.model_uri, run_id=run_id, tags=tags, model_id=model_id
+            )
+            client.set_registered_model_alias(
+                name, params.registry.challenger_alias, created.version
+            )
+        except BaseException:
+            _undo(client, name, created, model_id)
+            raise
+    log.info(
+        "registered %s version %s (%s)", name, created.version, params.registry.challenger_alias
+    )
+    return Registration(str(created.version), run_id, sha, new=True)
+
+
+def _undo(client, name: str, created, model_id: str | None) -> None:
+    """Remove a half-made registration (best effort: the original error is what matters)."""
+    with contextlib.suppress(Exception):
+        if created is not None:
+            client.delete_model_version(name, created.version)
+    with contextlib.suppress(Exception):
+        if model_id is not None:
+            client.delete_logged_model(model_id)
+
+
+def _ensure_registered_model(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(
+            name, description="aider-edge: MobileNetV3-Large aerial emergency classifier (ONNX)"
+        )
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _lineage_now(root: Path) -> dict[str, str]:
+    """Git HEAD and the DVC hashes of ``data/splits`` at registration time."""
+    tags: dict[str, str] = {}
+    commit = tracking.git_commit(root)
+    if commit:
+        tags[TAG_LINEAGE_COMMIT] = commit
+        dirty = tracking.git_dirty(root)
+        if dirty is not None:
+            tags[TAG_LINEAGE_DIRTY] = str(dirty).lower()
+    test_csv = root / TEST_SPLIT
+    splits_md5 = tracking.dvc_hash(root, test_csv)
+    if splits_md5:
+        tags[TAG_DVC_SPLITS_MD5] = splits_md5
+    if test_csv.is_file():
+        tags[TAG_TEST_SPLIT_SHA256] = file_sha256(test_csv)
+    return tags
+
+
+@contextlib.contextmanager
+def _global_uri(uri: str) -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` for the fluent calls, restored afterwards (it also exports
+    ``MLFLOW_TRACKING_URI``, which would override params.yaml for everything after)."""
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        mlflow.set_registry_uri(previous)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+# --- scoring ----------------------------------------------------------------------------------
+
+
+def score_onnx(params: Params, root: Path, onnx_path: Path) -> dict[str, Any] | None:
+    """The model's metric block on ``data/splits/test.csv``, with onnxruntime.
+
+    Preprocessing follows the model's own metadata (input size, mean/std, layout), so a champion
+    exported at another resolution is scored as it would run on the drone. ``None`` when the
+    model's classes are not the current ``data.classes`` (then the figures are not comparable).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from aider_edge.data.cache import PixelCache
+    from aider_edge.metrics import classification_metrics
+    from aider_edge.pipeline import CACHE_DIR
+
+    root = Path(root).resolve()
+    meta = {
+        p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props
+    }
+    classes = json.loads(meta.get("aider_edge.classes", "null") or "null")
+    if not classes or sorted(classes) != sorted(params.data.classes):
+        return None
+    size = int(meta.get("aider_edge.input_size", params.data.image_size))
+    layout = meta.get("aider_edge.layout", "NCHW_float32_normalized")
+    mean = np.asarray(json.loads(meta.get("aider_edge.mean", "[0.485, 0.456, 0.406]")), np.float32)
+    std = np.asarray(json.loads(meta.get("aider_edge.std", "[0.229, 0.224, 0.225]")), np.float32)
+    test_csv = root / TEST_SPLIT
+    if not test_csv.is_file():
+        raise RegistryError(f"{test_csv} is missing: run `dvc repro split` first")
+    cache = PixelCache(root / CACHE_DIR, size, root, params.data.max_pixels)
+    split = cache.open_split(test_csv, classes)
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = min(4, os.cpu_count() or 1)
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    predictions = []
+    for start in range(0, len(split), 64):
+        pixels = split.images(range(start, min(start + 64, len(split))))
+        if layout == "NHWC_uint8":
+            batch = np.ascontiguousarray(pixels)
+        else:
+            x = (pixels.astype(np.float32) / 255.0 - mean) / std
+            batch = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+        logits = session.run(None, {input_name: batch})[0]
+        predictions.append(np.argmax(logits, axis=1))
+    return classification_metrics(split.labels, np.concatenate(predictions), classes)
+
+
+# --- the gate ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision: str  # PROMOTED | KEPT | REJECTED
+    reason: str
+    challenger_version: str
+    champion_version: str | None
+    """The champion after the decision."""
+    previous_champion: str | None
+    challenger_test_g_mean: float | None
+    champion_test_g_mean: float | None
+    margin: float
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == PROMOTED
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"promoted": self.promoted}
+
+
+def fetch_version(uri: str, params: Params, version: str, dest: Path) -> tuple[Path, dict]:
+    """Download ``version`` under ``dest``: its ONNX file and the metadata logged with it
+    (``validation`` figures, the ONNX ``metadata_props``)."""
+    import mlflow.artifacts
+    from mlflow.models import Model
+
+    folder = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{params.registry.model_name}/{version}",
+            dst_path=str(dest),
+            tracking_uri=uri,
+            registry_uri=uri,
+        )
+    )
+    path = folder / ONNX_FILE
+    if not path.is_file():
+        raise RegistryError(
+            f"version {version} of {params.registry.model_name} has no {ONNX_FILE}: "
+            "it was not registered by aider-edge"
+        )
+    return path, Model.load(str(folder / "MLmodel")).metadata or {}
+
+
+def promote(
+    params: Params,
+    root: Path,
+    version: str | None = None,
+    *,
+    validation: Mapping[str, Any] | None = None,
+) -> Decision:
+    """Run the promotion gate for ``version`` (default: the challenger) and move the champion.
+
+    ``validation`` defaults to the figures stored with the version at registration.
+    """
+    root = Path(root).resolve()
+    uri, client = connect(params, root)
+    cfg = params.registry
+    name = cfg.model_name
+    if version is None:
+        challenger = alias_version(client, params, cfg.challenger_alias)
+        if challenger is None:
+            raise RegistryError(
+                f"{name} has no {cfg.challenger_alias!r} version: run the flow "
+                "(python flows/retrain.py) to register one"
+            )
+        version = str(challenger.version)
+    version = str(version)
+    champion = alias_version(client, params, cfg.champion_alias)
+    previous = str(champion.version) if champion is not None else None
+
+    def decide(kind: str, reason: str, chall: float | None, champ: float | None) -> Decision:
+        now = version if kind == PROMOTED else previous
+        return Decision(kind, reason, version, now, previous, chall, champ, cfg.margin)
+
+    with tempfile.TemporaryDirectory(prefix="aider-edge-gate-") as tmp:
+        if previous == version:
+            decision = decide(KEPT, f"v{version} is already {cfg.champion_alias}", None, None)
+        else:
+            path, metadata = fetch_version(uri, params, version, Path(tmp) / "challenger")
+            if validation is None:
+                validation = metadata.get("validation") or {}
+            decision = _gate(params, root, uri, path, validation, previous, decide, Path(tmp))
+
+    if previous != version:
+        _record(client, name, version, decision, root)
+        if decision.promoted:
+            client.set_registered_model_alias(name, cfg.champion_alias, version)
+    log.info("promotion of %s v%s: %s (%s)", name, version, decision.decision, decision.reason)
+    return decision
+
+
+def _gate(params, root, uri, challenger_path, validation, previous, decide, tmp: Path) -> Decision:
+    """Validation first, then the challenger's test G-Mean against the champion's + margin."""
+    cfg = params.registry
+    if validation.get("passed") is not True:
+        failures = "; ".join(validation.get("failures") or []) or "no passing validation figures"
+        return decide(REJECTED, f"validation failed: {failures}", None, None)
+    chall_metrics = score_onnx(params, root, challenger_path)
+    if chall_metrics is None:
+        raise RegistryError(
+            f"the challenger was trained on other classes than data.classes "
+            f"({', '.join(params.data.classes)}): it cannot be scored on this test split"
+        )
+    chall = chall_metrics["g_mean"]
+    if previous is None:
+        return decide(PROMOTED, f"no {cfg.champion_alias} yet", chall, None)
+    champion_path, _ = fetch_version(uri, params, previous, tmp / "champion")
+    champ_metrics = score_onnx(params, root, champion_path)
+    if champ_metrics is None:
+        # The class list changed: the old champion answers another question.
+        return decide(PROMOTED, f"{cfg.champion_alias} v{previous} has other classes", chall, None)
+    champ = champ_metrics["g_mean"]
+    figures = f"champion v{previous} {champ:.4f} + margin {cfg.margin:g}"
+    if chall >= champ + cfg.margin:
+        return decide(PROMOTED, f"test G-Mean {chall:.4f} >= {figures}", chall, champ)
+    return decide(KEPT, f"test G-Mean {chall:.4f} < {figures}", chall, champ)
+
+
+def _record(client, name: str, version: str, decision: Decision, root: Path) -> None:
+    """The decision as tags on the challenger's version (MLflow keeps no alias history)."""
+    test_csv = root / TEST_SPLIT
+    tags = {
+        TAG_DECISION: decision.decision,
+        PROMOTION + "reason": decision.reason,
+        PROMOTION + "margin": f"{decision.margin:g}",
+        TAG_PREVIOUS_CHAMPION: decision.previous_champion or "none",
+        PROMOTION + "decided_at": _now(),
+    }
+    if decision.challenger_test_g_mean is not None:
+        tags[PROMOTION + "challenger_test_g_mean"] = f"{decision.challenger_test_g_mean:.6f}"
+    if decision.champion_test_g_mean is not None:
+        tags[PROMOTION + "champion_test_g_mean"] = f"{decision.champion_test_g_mean:.6f}"
+    if test_csv.is_file():
+        tags[PROMOTION + "test_split_sha256"] = file_sha256(test_csv)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# --- rollback ---------------------------------------------------------------------------------
+
+
+def rollback(params: Params, root: Path) -> tuple[str, str]:
+    """Move the champion back to the version it replaced; ``(from_version, to_version)``.
+
+    The previous champion is the ``promotion.previous_champion`` tag of the current one, so
+    repeated rollbacks walk back through the promotions. Both versions get ``rollback.*`` tags.
+    """
+    _, client = connect(params, root)
+    cfg = params.registry
+    name = cfg.model_name
+    current = alias_version(client, params, cfg.champion_alias)
+    if current is None:
+        raise RegistryError(f"{name} has no {cfg.champion_alias!r}: nothing to roll back")
+    previous = current.tags.get(TAG_PREVIOUS_CHAMPION)
+    if not previous or previous == "none":
+        raise RegistryError(
+            f"{name} v{current.version} ({cfg.champion_alias}) replaced no earlier champion: "
+            "nothing to roll back to"
+        )
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, previous)
+    except MlflowException:
+        raise RegistryError(
+            f"{name} v{previous}, the champion before v{current.version}, no longer exists: "
+            f"set the alias by hand (`mlflow` UI or MlflowClient.set_registered_model_alias)"
+        ) from None
+    now = _now()
+    client.set_registered_model_alias(name, cfg.champion_alias, previous)
+    client.set_model_version_tag(name, current.version, ROLLBACK + "rolled_back_at", now)
+    client.set_model_version_tag(name, current.version, ROLLBACK + "replaced_by", previous)
+    client.set_model_version_tag(name, previous, ROLLBACK + "restored_at", now)
+    client.set_model_version_tag(name, previous, ROLLBACK + "restored_from", str(current.version))
+    log.info(
+        "%s: %s moved back from v%s to v%s", name, cfg.champion_alias, current.version, previous
+    )
+    return str(current.version), previous
+
+
+# --- publishing -------------------------------------------------------------------------------
+
+
+def publish_bundle(params: Params, root: Path, alias: str, out_dir: Path) -> dict[str, Any]:
+    """Download the ONNX of ``alias`` and write the drone bundle into ``out_dir``.
+
+    Returns ``{"path", "version", "run_id", "alias", "skipped"}``; when ``out_dir`` already holds
+    this version's bundle (same model version in its manifest), nothing is rewritten.
+    """
+    from aider_edge.bundling import build_bundle
+
+    root = Path(root).resolve()
+    uri, client = connect(params, root)
+    name = params.registry.model_name
+    mv = alias_version(client, params, alias)
+    if mv is None:
+        raise RegistryError(
+            f"{name} has no {alias!r} version: run the flow (python flows/retrain.py) first"
+        )
+    out_dir = Path(out_dir)
+    result = {"path": str(out_dir), "version": str(mv.version), "run_id": mv.run_id, "alias": alias}
+    manifest = out_dir / "manifest.json"
+    with contextlib.suppress(OSError, ValueError):
+        current = json.loads(manifest.read_text(encoding="utf-8"))
+        registry = current.get("registry") or {}
+        if (
+            str(current.get("model_version")) == str(mv.version)
+            and registry.get("model_name") == name
+            and file_sha256(out_dir / ONNX_FILE) == current.get("files", {}).get(ONNX_FILE)
+        ):
+            return result | {"skipped": True}
+    with tempfile.TemporaryDirectory(prefix="aider-edge-bundle-") as tmp:
+        path, metadata = fetch_version(uri, params, mv.version, Path(tmp))
+        validation = metadata.get("validation")
+        build_bundle(
+            path,
+            out_dir,
+            validation=validation,
+            registry={
+                "model_name": name,
+                "version": str(mv.version),
+                "alias": alias,
+                "run_id": mv.run_id,
+            },
+        )
+    return result | {"skipped": False}
