@@ -79,6 +79,15 @@ def test_bundle_holds_model_and_manifest_of_the_contract(bundle_dir: Path, model
     assert bundle.model_version == "7" and bundle.classes == tuple(CLASSES)
 
 
+def test_bundle_is_readable_by_other_users(bundle_dir: Path):
+    # The Docker image reads a mounted or copied bundle as uid 10001, not as its builder.
+    assert bundle_dir.stat().st_mode & 0o777 == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in bundle_dir.iterdir()} == {
+        "manifest.json": 0o644,
+        "model.onnx": 0o644,
+    }
+
+
 def test_unregistered_bundle_ships_the_exported_bytes(tmp_path: Path, model_path: Path):
     out = build_bundle(model_path, tmp_path / "b")
     manifest = json.loads((out / "manifest.json").read_text())

@@ -106,6 +106,11 @@ def build_bundle(
             onnx.save_model(proto, str(target))
         manifest["files"] = {MODEL_FILE: sha256_file(target)}
         atomic.write_json(tmp / MANIFEST_FILE, manifest)
+        # The temporaries are private (0700/0600), but the bundle is copied to drones and into
+        # images where another user (the image's uid 10001) reads it: make it world-readable.
+        tmp.chmod(0o755)
+        for path in tmp.iterdir():
+            path.chmod(0o644)
         _self_check(tmp, model_path)
     return out_dir
 
