@@ -162,11 +162,19 @@ def test_from_export_ships_int8_only_when_validate_kept_it(tmp_path: Path, model
     write_validation(export_dir, VALIDATION | {"int8": {"top1_agreement": 0.9, "kept": False}})
     out = build_from_export(export_dir, tmp_path / "b")
     assert json.loads((out / "manifest.json").read_text())["source"]["model_file"] == "model.onnx"
-    write_validation(export_dir, VALIDATION | {"int8": {"top1_agreement": 0.99, "kept": True}})
+    write_validation(
+        export_dir,
+        VALIDATION
+        | {"int8": {"kept": True}, "deploy": {"model": "model.int8.onnx", "precision": "int8"}},
+    )
     out = build_from_export(export_dir, tmp_path / "b")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["model_file"] == "model.int8.onnx"
     assert ort_metadata(out / "model.onnx")["aider_edge.precision"] == "int8"
+    # validate's own choice wins over the INT8 block.
+    write_validation(export_dir, VALIDATION | {"deploy": {"model": "model.onnx"}})
+    out = build_from_export(export_dir, tmp_path / "b")
+    assert json.loads((out / "manifest.json").read_text())["source"]["model_file"] == "model.onnx"
     (export_dir / "model.int8.onnx").unlink()
     with pytest.raises(BundleError, match=r"model\.int8\.onnx does not exist"):
         build_from_export(export_dir, tmp_path / "b", model="int8")

@@ -125,8 +125,8 @@ def build_from_export(
 ) -> Path:
     """The bundle of what ``export`` and ``validate`` left in ``export_dir``.
 
-    ``model="auto"`` ships the INT8 model when validate kept it (``validation.json``:
-    ``int8.kept``), else fp32. A model whose validation is missing or failed is refused unless
+    ``model="auto"`` ships the model that validate chose (``validation.json``: ``deploy.model``,
+    else INT8 when ``int8.kept``), fp32 without a report. A model whose validation is missing or failed is refused unless
     ``allow_unvalidated`` (a bundle for a bench trial, say); the manifest then says so.
     """
     export_dir = Path(export_dir)
@@ -156,9 +156,17 @@ def _choose_model(export_dir: Path, model: ModelChoice, validation: dict | None)
     elif model == "int8":
         name = INT8_FILE
     else:
-        int8 = (validation or {}).get("int8")
-        kept = isinstance(int8, dict) and int8.get("kept") is True
-        name = INT8_FILE if kept and (export_dir / INT8_FILE).is_file() else FP32_FILE
+        # validate names the model it gated for deployment (`deploy.model`); older reports only
+        # say whether INT8 was kept.
+        validation = validation or {}
+        deploy = validation.get("deploy")
+        int8 = validation.get("int8")
+        if isinstance(deploy, dict) and deploy.get("model") in (FP32_FILE, INT8_FILE):
+            name = deploy["model"]
+        elif isinstance(int8, dict) and int8.get("kept") is True:
+            name = INT8_FILE
+        else:
+            name = FP32_FILE
     if not (export_dir / name).is_file():
         raise BundleError(f"{export_dir / name} does not exist; {EXPORT_HINT}")
     return name
