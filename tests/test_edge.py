@@ -21,7 +21,7 @@ from aider_edge.edge.commands import bench_command, predict_command
 from aider_edge.edge.preprocess import load_frame, resize_frame, to_model_input
 from aider_edge.edge.runtime import EdgeModel, softmax
 from aider_edge.errors import AiderEdgeError
-from edge_helpers import VALIDATION, save_model, solid_image
+from edge_helpers import CLASSES, VALIDATION, save_model, solid_image
 
 SIZE = 32
 MAX_PIXELS = 40_000_000
@@ -295,3 +295,47 @@ def test_torch_is_the_reference_for_the_float_layout(bundle_dir: Path, tmp_path:
     expected = x.mean(dim=(2, 3)) @ torch.from_numpy(WEIGHTS).T + torch.from_numpy(BIAS)
     logits = EdgeModel.from_dir(bundle_dir).logits(np.stack([load_frame(p, SIZE) for p in paths]))
     np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("in_graph", [False, True], ids=["float_nchw", "uint8_nhwc"])
+def test_exported_model_in_a_bundle_matches_torch_on_image_files(tmp_path: Path, in_graph: bool):
+    """End to end with the real exporter: torch on training's input vs the bundle on the files."""
+    from torch import nn
+
+    from aider_edge.export import onnx_export
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    classifier = Tiny().eval()
+    proto = onnx_export.export_onnx(classifier, SIZE, 18, preprocessing_in_graph=in_graph)
+    meta = onnx_export.model_metadata(
+        CLASSES,
+        SIZE,
+        preprocessing_in_graph=in_graph,
+        run_id="run123",
+        data_hash="md5abc",
+        precision="fp32",
+    )
+    onnx_export.save(onnx_export.set_metadata(proto, meta), tmp_path / "model.onnx")
+    bundle = build_bundle(tmp_path / "model.onnx", tmp_path / "bundle")
+    expected_layout = "NHWC_uint8" if in_graph else "NCHW_float32_normalized"
+    assert load_bundle(bundle).preprocessing.layout == expected_layout
+
+    paths = sample_images(tmp_path / "samples")
+    with torch.no_grad():
+        training = np.stack([decode_resized(p, SIZE, MAX_PIXELS) for p in paths])
+        reference = classifier(normalize(to_batch_tensor(training))).numpy()
+    model = EdgeModel.from_dir(bundle)
+    logits = model.logits(np.stack([load_frame(p, SIZE) for p in paths]))
+    np.testing.assert_allclose(logits, reference, rtol=1e-3, atol=1e-4)
+    _, lines = run_predict(bundle, paths)
+    assert [r["class"] for r in lines] == [CLASSES[i] for i in reference.argmax(axis=1)]
