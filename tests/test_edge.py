@@ -339,3 +339,22 @@ def test_exported_model_in_a_bundle_matches_torch_on_image_files(tmp_path: Path,
     np.testing.assert_allclose(logits, reference, rtol=1e-3, atol=1e-4)
     _, lines = run_predict(bundle, paths)
     assert [r["class"] for r in lines] == [CLASSES[i] for i in reference.argmax(axis=1)]
+
+
+def test_predict_piped_into_head_stops_quietly(bundle_dir: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    # More lines than a pipe buffer holds (64 KiB), so writes continue after the reader is gone.
+    for i in range(500):
+        solid_image(tmp_path / "frames" / f"{i:03d}.png", (200, 10, 10), size=(4, 4))
+    exe = Path(sys.executable).parent / "aider-edge"
+    proc = subprocess.Popen(
+        [str(exe), "predict", "--bundle", str(bundle_dir), str(tmp_path / "frames")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert json.loads(proc.stdout.readline())["class"] == "fire"
+    proc.stdout.close()  # the reader goes away, as `| head -1` does
+    _, err = proc.communicate(timeout=60)
+    assert err == b""

@@ -8,6 +8,7 @@ files; ``bench`` writes the latency report of ``validate``, measured where it ru
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -52,8 +53,15 @@ def predict_command(
         failed += "error" in record
         # One line per image, flushed at once: a consumer downstream (a telemetry link, `jq`)
         # sees each result as it is made rather than when the batch ends.
-        out.write(json.dumps(record) + "\n")
-        out.flush()
+        try:
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush
+            # of stdout from printing a traceback about the closed pipe.
+            if out is sys.stdout:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            break
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
