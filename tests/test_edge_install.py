@@ -172,3 +172,24 @@ def test_predict_and_bench_run_in_the_edge_venv(edge_venv: Path, tmp_path: Path)
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(out.read_text())["latency"][0]["on_device"] is True
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_lock_has_wheels_of_every_edge_dependency_for_both_image_platforms(arch: str):
+    """The image is built for linux/amd64 and linux/arm64 (python 3.11): no source builds there."""
+    import tomllib
+
+    lock = tomllib.loads((REPO_ROOT / "uv.lock").read_text())
+    wheels: dict[str, list[str]] = {}
+    for package in lock["package"]:
+        files = [w["url"].rsplit("/", 1)[-1] for w in package.get("wheels", [])]
+        wheels.setdefault(package["name"], []).extend(files)
+
+    def fits(name: str) -> bool:
+        tag = name.removesuffix(".whl").split("-", 2)[-1]  # python-abi-platform
+        python_ok = tag.startswith(("cp311-", "py3-", "py2.py3-")) or "-abi3-" in tag
+        platform_ok = tag.endswith("-any") or (arch in tag and "manylinux" in tag)
+        return python_ok and platform_ok
+
+    missing = [name for name in sorted(base_requirements()) if not any(map(fits, wheels[name]))]
+    assert missing == []
