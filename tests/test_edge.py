@@ -218,6 +218,19 @@ def test_model_that_disagrees_with_its_manifest_is_refused(tmp_path: Path, bundl
         EdgeModel.from_dir(bundle_dir)
 
 
+def test_model_onnxruntime_cannot_load_is_refused(bundle_dir: Path):
+    # Checksums match (the manifest was made for these bytes), but the bytes are no model.
+    from aider_edge.edge.bundle import sha256_file
+
+    (bundle_dir / "model.onnx").write_bytes(b"\x08\x07not a graph")
+    manifest_path = bundle_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["model.onnx"] = sha256_file(bundle_dir / "model.onnx")
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"onnxruntime cannot load model\.onnx \(.+\); rebuild"):
+        EdgeModel.from_dir(bundle_dir)
+
+
 # --- bench -----------------------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ class EdgeModel:
 
     def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
         self.bundle = bundle
-        # Load the very bytes that were hashed: the file could change between check and load.
+        # Hash the very bytes handed to onnxruntime: the file could change after load_bundle.
         data = bundle.model_path.read_bytes()
         if hashlib.sha256(data).hexdigest() != bundle.model_sha256:
             raise BundleError(
