@@ -108,6 +108,77 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    from aider_edge import pipeline
+
+    selected = pipeline.select(_load(args), Path.cwd())
+    print(f"{'run':<24} {'val G-Mean':>10} {'F1 var':>8} {'accuracy':>8}")
+    for c in selected["candidates"]:
+        name = f"{c['scenario']}-{c['method']}"
+        print(
+            f"{name:<24} {c['val_g_mean']:>10.4f} {c['val_f1_variance']:>8.4f} "
+            f"{c['val_accuracy']:>8.4f}"
+        )
+    print(f"selected {selected['scenario']}-{selected['method']} (run {selected['run_id']})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from aider_edge import pipeline
+
+    report = pipeline.export(_load(args), Path.cwd())
+    rewrite = report.get("pool_rewrite", {})
+    print(
+        f"export/{report['fp32']['file']}: {report['fp32']['bytes'] / 1e6:.1f} MB, "
+        f"{report['parameters']:,} parameters, layout {report['layout']}, "
+        f"pool rewrite {'applied' if rewrite.get('applied') else 'not applied'}"
+    )
+    if "int8" in report:
+        cal = report["int8"]["calibration"]
+        print(
+            f"export/{report['int8']['file']}: {report['int8']['bytes'] / 1e6:.1f} MB, "
+            f"{cal['method']} calibration on {cal['images']} training images"
+        )
+    return 0
+
+
+def _print_validation(report: dict) -> None:
+    models = [("fp32", report["parity"], report["latency"])]
+    if "int8" in report:
+        models.append(("int8", report["int8"], report["int8"]["latency"]))
+    for label, block, latency in models:
+        print(
+            f"{label}: top-1 agreement {block['top1_agreement']:.4f}, max |logit diff| "
+            f"{block['max_abs_logit_diff']:.2e}, G-Mean torch {block['g_mean_torch']:.4f} / "
+            f"onnx {block['g_mean_onnx']:.4f}"
+        )
+        for e in latency:
+            est = " (estimated)" if e["estimated"] else ""
+            print(
+                f"  {e['profile']:<22} {e['threads']} thr  p50 {e['p50_ms']:8.2f}  "
+                f"p90 {e['p90_ms']:8.2f}  p99 {e['p99_ms']:8.2f} ms  budget {e['budget_ms']:g}"
+                f"  {'ok' if e['passed'] else 'OVER'}{est}"
+            )
+    if "int8" in report:
+        print(f"int8 {report['int8']['decision']}")
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"deploy: {report['deploy']['model']}  passed: {str(report['passed']).lower()}")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from aider_edge import pipeline, validation
+
+    root = Path.cwd()
+    try:
+        report = pipeline.validate(_load(args), root)
+    except validation.ValidationFailed:
+        _print_validation(json.loads((root / validation.VALIDATION).read_text(encoding="utf-8")))
+        raise
+    _print_validation(report)
+    return 0
+
+
 def cmd_bundle(args: argparse.Namespace) -> int:
     from aider_edge.bundling import build_from_export
 
@@ -182,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--scenario", required=True, help="a key of split.scenarios, e.g. s1")
     train.add_argument("--method", required=True, help="baseline, adaptive, wce or supcon_fixed")
     stage("report", cmd_report, "tables and figures over every run (DVC stage 'report')")
+    stage("select", cmd_select, "pick the best run by validation G-Mean (DVC stage 'select')")
+    stage("export", cmd_export, "export the selected classifier to ONNX (DVC stage 'export')")
+    stage(
+        "validate",
+        cmd_validate,
+        "parity and latency gates of the exported models (DVC stage 'validate')",
+    )
 
     # --- the drone bundle and the commands that run on the drone (no params file needed) ----
     bundle = sub.add_parser(

@@ -149,3 +149,24 @@ def report(params: Params, root: Path) -> list[Path]:
     files = reporting.write_report(runs, root / REPORTS_DIR, methods, scenarios, classes)
     tracking.log_report(params, root, files)
     return files
+
+
+def select(params: Params, root: Path) -> dict:
+    """``select``: the best run by validation G-Mean -> ``models/selected.json``."""
+    from aider_edge import selection
+
+    return selection.select(params, root)
+
+
+def export(params: Params, root: Path) -> dict:
+    """``export``: the selected classifier -> ``export/model.onnx`` (+ ``model.int8.onnx``)."""
+    from aider_edge.export.stage import run_export
+
+    return run_export(params, root)
+
+
+def validate(params: Params, root: Path) -> dict:
+    """``validate``: parity and latency gates -> ``export/validation.json`` (fails after writing)."""
+    from aider_edge import validation
+
+    return validation.validate(params, root)

@@ -1,0 +1,73 @@
+"""A tiny real project for the export and validation tests: ingest, split, one trained run, select.
+
+Built once per test session (the dynamo export and the training run cost seconds each) and copied
+for tests that change it. 32 px synthetic frames, one scenario, one method, one epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from aider_edge import pipeline
+from aider_edge.config import Params
+from conftest import small_params
+
+_BUILT: dict[str, Path] = {}
+
+
+def project_params(root: Path, **overrides) -> Params:
+    sections = {
+        "train": {
+            "scenarios": ["s1"],
+            "methods": ["baseline"],
+            "epochs": 1,
+            "batch_size": 16,
+            "num_threads": 2,
+        },
+        "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
+        "export": {"calibration": {"images": 32}},
+        "validate": {
+            "profiles": [
+                {"name": "host", "threads": 1, "budget_ms": 1000.0},
+                {"name": "raspberry_pi_4", "threads": 4, "budget_ms": 2000.0, "scale": 8.0},
+            ]
+        },
+    }
+    sections.update(overrides)
+    return small_params(**sections)
+
+
+def trained_project(factory: pytest.TempPathFactory) -> Path:
+    """A project with data, one finished run and ``models/selected.json`` (built once)."""
+    if "trained" not in _BUILT:
+        root = factory.mktemp("trained")
+        params = project_params(root)
+        # The run must land in this project's own store, whatever the caller's environment says.
+        with mock.patch.dict(os.environ):
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+            pipeline.ingest(params, root)
+            pipeline.split(params, root)
+            pipeline.train(params, root, "s1", "baseline")
+            pipeline.select(params, root)
+        _BUILT["trained"] = root
+    return _BUILT["trained"]
+
+
+def exported_project(factory: pytest.TempPathFactory) -> Path:
+    """:func:`trained_project` plus ``export/`` with the default export params (built once)."""
+    if "exported" not in _BUILT:
+        root = factory.mktemp("exported")
+        shutil.copytree(trained_project(factory), root, dirs_exist_ok=True)
+        pipeline.export(project_params(root), root)
+        _BUILT["exported"] = root
+    return _BUILT["exported"]
+
+
+def copy_project(source: Path, dest: Path) -> Path:
+    shutil.copytree(source, dest, dirs_exist_ok=True)
+    return dest
