@@ -1,0 +1,108 @@
+"""Wall time of the embedded demo pipeline, stage by stage, and peak memory.
+
+Clones this repository (its committed state) into a temporary folder and runs ``dvc repro`` there
+on the default ``params.yaml`` (synthetic data, 5 scenarios x baseline, adaptive), timing each
+stage from DVC's own "Running stage" lines. The target of the training issue: ingest -> split ->
+train (10 runs) -> report in 10 minutes or less on the 2-core machine.
+
+Writes ``benchmarks/results/demo_pipeline.json`` and ``benchmarks/results/demo_pipeline.md``.
+Usage: ``python benchmarks/bench_demo_pipeline.py [--until report]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
+TARGET_S = 600
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--until", default="report", help="the dvc stage to reproduce (with its upstream)"
+    )
+    args = parser.parse_args()
+
+    venv_bin = Path(sys.executable).parent
+    env = os.environ | {
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "aider-edge"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+        # The clone's own code must run, not the editable install's checkout.
+        env["PYTHONPATH"] = str(repo / "src")
+        shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)
+        stages: list[dict] = []
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            ["dvc", "repro", args.until],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            now = time.perf_counter() - started
+            match = STAGE_LINE.match(line)
+            if match:
+                if stages:
+                    stages[-1]["seconds"] = round(now - stages[-1]["start"], 1)
+                stages.append({"stage": match.group(1), "start": round(now, 1)})
+                print(f"[{now:6.0f} s] {match.group(1)}", flush=True)
+        code = proc.wait()
+        total = time.perf_counter() - started
+        if stages:
+            stages[-1]["seconds"] = round(total - stages[-1]["start"], 1)
+        if code != 0:
+            sys.exit(f"dvc repro failed with exit code {code}")
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+    train_s = sum(s["seconds"] for s in stages if s["stage"].startswith("train@"))
+    result = {
+        "until": args.until,
+        "total_s": round(total, 1),
+        "target_s": TARGET_S,
+        "passed": total <= TARGET_S,
+        "train_s": round(train_s, 1),
+        "peak_rss_mb": round(peak_mb, 1),
+        "cores": os.cpu_count(),
+        "stages": stages,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "demo_pipeline.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"# Demo pipeline (`dvc repro {args.until}` on the default params.yaml)",
+        "",
+        f"Total **{total / 60:.1f} min** (target {TARGET_S // 60} min: "
+        f"{'met' if result['passed'] else 'missed'}) on {os.cpu_count()} cores; training "
+        f"{train_s / 60:.1f} min; peak memory of one stage process {peak_mb:.0f} MB.",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+        *(f"| {s['stage']} | {s['seconds']} |" for s in stages),
+        "",
+    ]
+    (RESULTS / "demo_pipeline.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
