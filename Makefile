@@ -20,9 +20,12 @@ export UV_LINK_MODE := copy
 # stage process would recompile torch, mlflow and dvc from source (about 10 s each).
 export UV_COMPILE_BYTECODE := 1
 export DVC_NO_ANALYTICS := 1
+# Without PREFECT_API_URL a flow run starts Prefect's temporary local server (~15 s here);
+# give it room on a busy machine.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup run serve test lint format bench clean
 
 ## setup: create or update .venv from uv.lock (quick when nothing changed)
 setup: $(STAMP)
@@ -35,10 +38,14 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --all-extras
 	touch $@
 
-## run: the main job on the embedded default (synthetic AIDER-like data)
+## run: the main job on the embedded default: the retraining flow once (DVC stages, registry,
+## promotion, drone bundle in dist/bundle); `dvc repro` alone runs just the stages
 run: setup
-	dvc repro
-	aider-edge cache
+	$(BIN)/python flows/retrain.py
+
+## serve: the retraining flow on its cron schedule (flow.cron in params.yaml) until stopped
+serve: setup
+	$(BIN)/python flows/retrain.py --serve
 
 ## test: lint, then the test suite
 test: setup lint

@@ -118,3 +118,22 @@ def dvc_repo(tmp_path: Path) -> Path:
     run_command(["git", "add", "-A"], repo)
     run_command(["git", "commit", "-q", "-m", "init"], repo)
     return repo
+
+
+# --- Prefect: one temporary API server for the whole session (it takes ~15 s to start) --------
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """``prefect_test_harness`` once per session, with a writable PREFECT_HOME in a temp dir.
+
+    Prefect reads its settings when it is first imported, so the environment is set before the
+    import; flow modules are imported by the tests that use this fixture, not at collection.
+    """
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    from prefect.testing.utilities import prefect_test_harness
+
+    timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
+    with prefect_test_harness(server_startup_timeout=timeout):
+        yield

@@ -182,6 +182,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     from aider_edge.bundling import build_from_export
 
+    if args.alias:
+        return _bundle_from_registry(args)
     out = build_from_export(
         Path(args.export_dir),
         Path(args.out),
@@ -193,6 +195,31 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         f"{out}: model {manifest['model_version']} ({manifest['source']['model_file']}), "
         f"sha256 {manifest['files']['model.onnx'][:12]}..."
     )
+    return 0
+
+
+def _bundle_from_registry(args: argparse.Namespace) -> int:
+    """``bundle --alias NAME``: the registered ONNX behind the alias, not export/."""
+    from aider_edge import registry
+
+    result = registry.publish_bundle(_load(args), Path.cwd(), args.alias, Path(args.out))
+    state = "already up to date" if result["skipped"] else "written"
+    print(f"{result['path']}: {args.alias} = version {result['version']}, bundle {state}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from aider_edge import registry
+
+    params = _load(args)
+    name, champion = params.registry.model_name, params.registry.champion_alias
+    if args.rollback:
+        before, after = registry.rollback(params, Path.cwd())
+        print(f"{name}: {champion} moved back from v{before} to v{after}")
+        return 0
+    decision = registry.promote(params, Path.cwd(), args.version)
+    print(f"{name} v{decision.challenger_version}: {decision.decision} ({decision.reason})")
+    print(f"{champion}: v{decision.champion_version}")
     return 0
 
 
@@ -280,7 +307,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="bundle even without a passed validation.json (trial bundles only)",
     )
+    bundle.add_argument(
+        "--alias",
+        help="bundle the registered model behind this registry alias (e.g. champion) instead "
+        "of export/",
+    )
+    bundle.add_argument("--params", default="params.yaml", help="params file, for --alias")
     bundle.set_defaults(func=cmd_bundle)
+
+    promote = sub.add_parser(
+        "promote",
+        help="run the promotion gate for the challenger, or roll the champion back",
+        description="Move the champion alias to the challenger (or --version) when validation "
+        "passed and its test G-Mean reaches the champion's + registry.margin; --rollback moves "
+        "it back to the champion it replaced.",
+    )
+    promote.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
+    which = promote.add_mutually_exclusive_group()
+    which.add_argument("--version", help="model version to consider (default: the challenger)")
+    which.add_argument("--rollback", action="store_true", help="move champion back one step")
+    promote.set_defaults(func=cmd_promote)
 
     predict = sub.add_parser(
         "predict",

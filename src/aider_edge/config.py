@@ -441,8 +441,8 @@ class FlowConfig(_Section):
     retry_delay_s: NonNegativeInt = 10
     lock_timeout_s: NonNegativeInt = 0
     """How long a second flow run on the same workspace waits for the first; 0 = stop at once."""
-    dist_dir: str = "dist"
-    """Where the champion's drone bundle is published."""
+    bundle_dir: Annotated[str, Field(min_length=1)] = "dist/bundle"
+    """Where the champion's drone bundle is published (``aider-edge bundle --alias champion``)."""
 
     @field_validator("cron")
     @classmethod

@@ -1,0 +1,374 @@
+"""The retraining flow: DVC's stage graph as Prefect tasks, then version, register, promote, publish.
+
+    python flows/retrain.py                  # one run in this checkout
+    python flows/retrain.py --serve          # runs on flow.cron (params.yaml) until stopped
+    prefect deploy --all                     # the same flow for a work pool (prefect.yaml)
+
+The stage graph lives only in ``dvc.yaml``: the flow asks DVC for it (``Repo.index.graph``) and
+runs each stage as its own Prefect task, in dependency order, with ``dvc repro --single-item``, so
+DVC still decides what a stage reads and writes and records it in ``dvc.lock``. Right before a
+stage would run, ``dvc status`` of that stage says whether anything it depends on changed; an
+up-to-date stage ends in a Completed state named ``Skipped``. After the stages the flow
+
+1. versions the data: commits ``dvc.lock`` / ``params.yaml`` to git (``dvc.commit_to_git``) and
+   pushes the outputs to the DVC remote (``dvc.push``) when a stage ran;
+2. registers the exported model as the challenger (``aider_edge.registry``), unless these exact
+   ONNX bytes are registered already;
+3. runs the promotion gate, which moves ``champion`` or records why not;
+4. publishes the champion's drone bundle into ``flow.bundle_dir``.
+
+Where things live comes from params.yaml or the environment, never from here: the MLflow store
+(``mlflow.tracking_uri`` / ``MLFLOW_TRACKING_URI``), the DVC remote (``dvc.remote`` /
+``AIDER_EDGE_DVC_REMOTE``) and the Prefect API (``PREFECT_API_URL``; without it Prefect starts a
+temporary local server for the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
+
+from aider_edge import registry, tracking
+from aider_edge.config import Params, load_params
+from aider_edge.errors import AiderEdgeError
+from aider_edge.workspace_lock import workspace_lock
+
+FLOW_NAME = "aider-edge-retrain"
+EXPORT_DIR = Path("export")
+VALIDATION_FILE = EXPORT_DIR / "validation.json"
+FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
+USER_ERROR_EXIT = 2  # aider-edge's exit code for a problem the user must fix: retrying is futile
+VERSIONED_FILES = ("dvc.lock", "dvc.yaml", "params.yaml")
+
+
+class StageFailed(AiderEdgeError):
+    """A DVC stage exited non-zero; the message is the stage's own error line."""
+
+    def __init__(self, message: str, user_error: bool) -> None:
+        super().__init__(message)
+        self.user_error = user_error
+
+
+# --- the graph, from DVC ----------------------------------------------------------------------
+
+
+def stage_order(root: Path) -> list[str]:
+    """Every stage of ``dvc.yaml`` (matrix entries expanded), upstream first.
+
+    Among stages that could run in either order, ``dvc.yaml``'s own order is kept, so the task
+    list reads like the file.
+    """
+    import networkx as nx
+    from dvc.repo import Repo
+
+    root = Path(root).resolve()
+    with Repo(str(root)) as repo:
+        position = {id(stage): i for i, stage in enumerate(repo.index.stages)}
+        # DVC's graph points from a stage to the stages it depends on: reversed, upstream first.
+        upstream_first = repo.index.graph.reverse(copy=True)
+        ordered = nx.lexicographical_topological_sort(
+            upstream_first, key=lambda stage: f"{position.get(id(stage), 0):08d}"
+        )
+        return [_address(stage, root) for stage in ordered]
+
+
+def _address(stage, root: Path) -> str:
+    """The stage as ``dvc repro`` takes it from ``root``: ``name`` for the root ``dvc.yaml``,
+    ``path/dvc.yaml:name`` otherwise (``Stage.addressing`` is relative to the current folder)."""
+    dvcfile = Path(stage.path).resolve()
+    if dvcfile == root / "dvc.yaml":
+        return stage.name
+    return f"{dvcfile.relative_to(root).as_posix()}:{stage.name}"
+
+
+def stage_changes(root: Path, stage: str) -> dict[str, Any]:
+    """``dvc status`` of one stage: empty when it is up to date."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return repo.status(targets=[stage])
+
+
+def _dvc_env() -> dict[str, str]:
+    # The stages run `aider-edge` and DVC from this interpreter's environment.
+    bin_dir = str(Path(sys.executable).parent)
+    return os.environ | {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _dvc() -> str:
+    local = Path(sys.executable).parent / "dvc"
+    return str(local) if local.exists() else "dvc"
+
+
+def _error_line(stage: str, output: str, code: int) -> str:
+    """The stage's own one-line error (``aider-edge <cmd>: error: ...``), else DVC's."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    own = [line for line in lines if re.match(r"aider-edge [\w-]+: error: ", line)]
+    if own:
+        return f"stage {stage} failed: {own[-1]}"
+    dvc_errors = [line for line in lines if line.startswith("ERROR")]
+    last = dvc_errors[-1] if dvc_errors else (lines[-1] if lines else "no output")
+    return f"stage {stage} failed (exit {code}): {last}"
+
+
+# --- tasks ------------------------------------------------------------------------------------
+
+
+def _retry_unless_user_error(task, task_run, state) -> bool:
+    """Retry crashes (killed, out of memory, a flaky store); not a stage that said what is wrong."""
+    try:
+        state.result()
+    except StageFailed as exc:
+        return not exc.user_error
+    except Exception:
+        return True
+    return False
+
+
+@task(
+    name="dvc-stage",
+    task_run_name="{stage}",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=_retry_unless_user_error,
+)
+def run_stage(root: str, stage: str):
+    """One DVC stage: skipped when ``dvc status`` finds it up to date, else ``dvc repro``."""
+    logger = get_run_logger()
+    changes = stage_changes(Path(root), stage)
+    if not changes:
+        logger.info("%s is up to date: skipped", stage)
+        return Completed(
+            name="Skipped",
+            message=f"{stage} is up to date (dvc status)",
+            data={"stage": stage, "ran": False, "seconds": 0.0},
+        )
+    logger.info("%s changed: %s", stage, json.dumps(changes, default=str)[:500])
+    started = time.monotonic()
+    # Streamed line by line into the task's log, so a long stage shows its progress as it runs.
+    with subprocess.Popen(
+        [_dvc(), "repro", "--single-item", stage],
+        cwd=root,
+        env=_dvc_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    ) as proc:
+        lines = []
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line.strip():
+                lines.append(line)
+                logger.info("%s | %s", stage, line)
+        code = proc.wait()
+    if code != 0:
+        output = "\n".join(lines)
+        user_error = re.search(rf"exited with {USER_ERROR_EXIT}\b", output) is not None
+        raise StageFailed(_error_line(stage, output, code), user_error)
+    seconds = round(time.monotonic() - started, 1)
+    logger.info("%s ran in %.1f s", stage, seconds)
+    return {"stage": stage, "ran": True, "seconds": seconds}
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, check=False
+    )
+
+
+@task(name="version-data", cache_policy=NO_CACHE)
+def version_data(root: str, params: Params, ran: list[str]) -> dict[str, Any]:
+    """Commit the new ``dvc.lock`` (and params) to git and push the outputs to the DVC remote."""
+    logger = get_run_logger()
+    root_path = Path(root)
+    result: dict[str, Any] = {"git_commit": None, "pushed": False}
+    if params.dvc.commit_to_git:
+        if _git(root_path, "rev-parse", "--git-dir").returncode != 0:
+            raise AiderEdgeError(
+                f"dvc.commit_to_git is true but {root} is not a git checkout: "
+                "run the flow in a clone or set dvc.commit_to_git: false"
+            )
+        paths = [p for p in VERSIONED_FILES if (root_path / p).exists()]
+        # DVC (core.autostage) stages the .gitignore files it edits for new outputs.
+        staged = _git(root_path, "diff", "--cached", "--name-only").stdout.split()
+        paths += [p for p in staged if Path(p).name == ".gitignore"]
+        _git(root_path, "add", "--", *paths)
+        if _git(root_path, "diff", "--cached", "--quiet", "--", *paths).returncode != 0:
+            message = f"retrain: data and params versions after {', '.join(ran)}"
+            done = _git(root_path, "commit", "-q", "-m", message, "--", *paths)
+            if done.returncode != 0:
+                raise AiderEdgeError(
+                    f"git commit of {', '.join(paths)} failed: {done.stderr.strip()}; "
+                    "set user.name/user.email or dvc.commit_to_git: false"
+                )
+            result["git_commit"] = tracking.git_commit(root_path)
+            logger.info("committed %s as %s", ", ".join(paths), result["git_commit"])
+    if params.dvc.push:
+        remote = os.environ.get("AIDER_EDGE_DVC_REMOTE") or params.dvc.remote
+        cmd = [_dvc(), "push", *(["-r", remote] if remote else [])]
+        done = subprocess.run(
+            cmd, cwd=root, env=_dvc_env(), capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise AiderEdgeError(
+                f"dvc push{' -r ' + remote if remote else ''} failed: "
+                f"{_error_line('push', done.stdout + done.stderr, done.returncode)}; "
+                "check the remote (dvc remote list) and its credentials"
+            )
+        result["pushed"] = True
+        logger.info("pushed the outputs to the DVC remote %s", remote or "(default)")
+    return result
+
+
+def drone_model(root: Path, validation: dict) -> Path:
+    """The exported model the drone will run, by the rule of ``aider-edge bundle --model auto``:
+    the one validate named (``deploy.model``), else INT8 when validate kept it, else fp32."""
+    deploy = validation.get("deploy")
+    int8 = validation.get("int8")
+    if isinstance(deploy, dict) and deploy.get("model") in (FP32_FILE, INT8_FILE):
+        name = deploy["model"]
+    elif isinstance(int8, dict) and int8.get("kept") is True:
+        name = INT8_FILE
+    else:
+        name = FP32_FILE
+    path = root / EXPORT_DIR / name
+    return path if path.is_file() else root / EXPORT_DIR / FP32_FILE
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register(root: str, params: Params) -> dict[str, Any]:
+    root_path = Path(root)
+    validation = json.loads((root_path / VALIDATION_FILE).read_text(encoding="utf-8"))
+    reg = registry.register_challenger(
+        params, root_path, drone_model(root_path, validation), validation=validation
+    )
+    return {"version": reg.version, "new": reg.new, "run_id": reg.run_id}
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote(root: str, params: Params, version: str) -> dict[str, Any]:
+    root_path = Path(root)
+    validation = json.loads((root_path / VALIDATION_FILE).read_text(encoding="utf-8"))
+    decision = registry.promote(params, root_path, version, validation=validation)
+    get_run_logger().info("v%s: %s (%s)", version, decision.decision, decision.reason)
+    return decision.as_dict()
+
+
+@task(name="publish-bundle", cache_policy=NO_CACHE)
+def publish(root: str, params: Params) -> dict[str, Any]:
+    out = Path(root) / params.flow.bundle_dir
+    return registry.publish_bundle(params, Path(root), params.registry.champion_alias, out)
+
+
+def _already_decided(params: Params, root: Path, version: str) -> bool:
+    _, client = registry.connect(params, root)
+    mv = client.get_model_version(params.registry.model_name, version)
+    return registry.TAG_DECISION in mv.tags
+
+
+# --- the flow ---------------------------------------------------------------------------------
+
+
+@flow(name=FLOW_NAME)
+def retrain(project_dir: str = ".", publish_bundle: bool = True) -> dict[str, Any]:
+    """Run the DVC stages, version the data, register, promote and publish (see the module doc)."""
+    logger = get_run_logger()
+    started = time.monotonic()
+    root = Path(project_dir).resolve()
+    params = load_params(root / "params.yaml")
+    with workspace_lock(root, timeout_s=params.flow.lock_timeout_s, label=FLOW_NAME):
+        # Before any stage: a store that is down must not cost a training run.
+        tracking.check_tracking_server(tracking.resolve_tracking_uri(params.mlflow, root))
+        stages = stage_order(root)
+        stage_task = run_stage.with_options(
+            retries=params.flow.stage_retries, retry_delay_seconds=params.flow.retry_delay_s
+        )
+        results = [stage_task(str(root), stage) for stage in stages]
+        ran = [r["stage"] for r in results if r["ran"]]
+        summary: dict[str, Any] = {"stages": results, "ran": ran, "skipped": []}
+        summary["skipped"] = [r["stage"] for r in results if not r["ran"]]
+
+        if ran:
+            summary["versioning"] = version_data(str(root), params, ran)
+        if "export" not in stages or not (root / VALIDATION_FILE).is_file():
+            logger.warning("dvc.yaml has no export/validate outputs yet: nothing to register")
+            summary["registration"] = None
+        else:
+            reg = register(str(root), params)
+            summary["registration"] = reg
+            if reg["new"] or not _already_decided(params, root, reg["version"]):
+                summary["promotion"] = promote(str(root), params, reg["version"])
+            else:
+                summary["promotion"] = None
+        if publish_bundle and summary.get("registration"):
+            summary["bundle"] = publish(str(root), params)
+    summary["nothing_changed"] = not ran and not (summary.get("registration") or {}).get("new")
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    logger.info(describe(summary))
+    return summary
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """One paragraph for people: what ran, what was registered, who is champion."""
+    parts = []
+    if summary["ran"]:
+        parts.append(f"ran {len(summary['ran'])} stage(s): {', '.join(summary['ran'])}")
+    else:
+        parts.append("nothing changed: every stage is up to date, nothing was trained")
+    reg = summary.get("registration")
+    promotion = summary.get("promotion")
+    if reg is None:
+        parts.append("no model to register")
+    elif not reg["new"]:
+        parts.append(f"the exported model is already version {reg['version']}")
+    else:
+        parts.append(f"registered version {reg['version']} as challenger")
+    if promotion:
+        parts.append(f"promotion: {promotion['decision']} ({promotion['reason']})")
+    elif reg is not None:
+        parts.append("nothing to promote")
+    bundle = summary.get("bundle")
+    if bundle:
+        state = "already up to date" if bundle.get("skipped") else "written"
+        parts.append(f"bundle of v{bundle['version']} {state} in {bundle['path']}")
+    return "; ".join(parts) + f" ({summary.get('seconds', 0):.1f} s)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--project-dir", default=".", help="the checkout (default: %(default)s)")
+    parser.add_argument(
+        "--serve", action="store_true", help="serve the flow on flow.cron until stopped"
+    )
+    parser.add_argument("--no-publish", action="store_true", help="skip the drone bundle")
+    args = parser.parse_args(argv)
+    try:
+        if args.serve:
+            params = load_params(Path(args.project_dir) / "params.yaml")
+            retrain.serve(
+                name=FLOW_NAME,
+                cron=params.flow.cron,
+                parameters={"project_dir": str(Path(args.project_dir).resolve())},
+            )
+            return 0
+        summary = retrain(project_dir=args.project_dir, publish_bundle=not args.no_publish)
+    except AiderEdgeError as exc:
+        print(f"retrain: error: {exc}", file=sys.stderr)
+        return 2
+    print(describe(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""One retraining flow per workspace at a time.
+
+Two flow runs on one checkout would interleave ``dvc repro`` calls, git commits and registrations
+(DVC's own lock only covers one ``dvc`` command, not a run of many). :func:`workspace_lock` takes
+an exclusive ``flock`` on ``.dvc/tmp/aider-edge-flow.lock``: the kernel drops it when the holder
+exits, however it exits, so a crashed run never leaves a stale lock behind. The holder writes who
+it is (pid, host, start time, flow run) into the file so the second run can say whom it waits for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aider_edge.errors import AiderEdgeError
+
+LOCK_FILE = Path(".dvc/tmp/aider-edge-flow.lock")
+POLL_S = 0.5
+
+
+class WorkspaceBusy(AiderEdgeError):
+    """Another flow run holds the workspace."""
+
+
+@contextlib.contextmanager
+def workspace_lock(root: Path, *, timeout_s: float = 0, label: str = "") -> Iterator[Path]:
+    """Hold the workspace of ``root`` for the block; wait up to ``timeout_s`` for another holder.
+
+    Raises :class:`WorkspaceBusy` (one line naming the holder and the fix) when the lock is still
+    taken after ``timeout_s`` seconds (0 = do not wait).
+    """
+    path = Path(root).resolve() / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WorkspaceBusy(_busy_message(path, timeout_s)) from None
+                time.sleep(POLL_S)
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "label": label,
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _busy_message(path: Path, timeout_s: float) -> str:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        holder = {}
+    who = (
+        f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started_at')}"
+        + (f" ({holder['label']})" if holder.get("label") else "")
+        if holder.get("pid")
+        else "another process"
+    )
+    waited = f" after waiting {timeout_s:g} s" if timeout_s else ""
+    return (
+        f"another retraining flow is running in this workspace ({who}){waited}; "
+        f"let it finish, or raise flow.lock_timeout_s to wait for it (lock: {path})"
+    )

@@ -1,0 +1,274 @@
+"""The retraining flow end to end: real Prefect (one test server), DVC, git, MLflow, onnxruntime.
+
+One tiny project (32 px synthetic frames, scenario s1, the baseline, one epoch) is shared by the
+tests of this module, in file order, as one retraining history: first run -> champion v1 and a
+bundle; second run -> nothing to do; a data change with a strict margin -> v2 kept out; a failing
+validation gate -> the flow fails, nothing moves; promote / rollback by hand; restore v1's
+training split with DVC after the data changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+from unittest import mock
+
+import mlflow
+import pytest
+import yaml
+
+from aider_edge.errors import AiderEdgeError
+from aider_edge.workspace_lock import WorkspaceBusy, workspace_lock
+from conftest import REPO_ROOT, TINY_PROJECT, deep_update, edit_params, run_command
+
+MODEL = "aider-edge-classifier"
+FLOW_PARAMS = {
+    "train": {"scenarios": ["s1"], "methods": ["baseline"]},
+    "export": {"calibration": {"images": 16, "method": "minmax"}},  # entropy costs minutes here
+    "validate": {
+        "profiles": [
+            {"name": "host", "threads": 1, "budget_ms": 1000.0},
+            {"name": "raspberry_pi_4", "threads": 4, "budget_ms": 2000.0, "scale": 8.0},
+        ]
+    },
+    "dvc": {"push": True, "commit_to_git": True},
+    "flow": {"retry_delay_s": 0},
+}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.org",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.org",
+    "DVC_NO_ANALYTICS": "1",
+}
+
+
+def _select_deps_for(dvc_yaml: dict, runs: list[str]) -> None:
+    """``select`` lists its candidate runs by hand (DVC cannot expand a matrix into deps): keep
+    them equal to this project's train matrix, as tests/test_selection.py demands of the repo."""
+    select = dvc_yaml["stages"].get("select")
+    if select is None:
+        return
+    kept = [d for d in select["deps"] if not str(d).startswith("models/")]
+    select["deps"] = [f"models/{r}/{f}" for r in runs for f in ("metrics.json", "run.json")] + kept
+
+
+@pytest.fixture(scope="module")
+def retrain(prefect_harness):
+    """flows/retrain.py as a module (imported after the Prefect harness set PREFECT_HOME)."""
+    spec = importlib.util.spec_from_file_location("retrain_flow", REPO_ROOT / "flows/retrain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """This repository's graph, code and params (shrunk) in a git + DVC repo with a local remote."""
+    base = tmp_path_factory.mktemp("flow")
+    repo = base / "project"
+    shutil.copytree(REPO_ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO_ROOT / "data" / "source", repo / "data" / "source")
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(REPO_ROOT / name, repo / name)
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+    _select_deps_for(dvc_yaml, ["s1-baseline"])
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    edit_params(repo, deep_update(json.loads(json.dumps(TINY_PROJECT)), FLOW_PARAMS))
+    with mock.patch.dict(os.environ, GIT_ENV):
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        run_command(["git", "init", "-q", "-b", "main"], repo)
+        run_command(["dvc", "init", "-q"], repo)
+        run_command(["dvc", "remote", "add", "-d", "store", str(base / "remote")], repo)
+        run_command(["git", "add", "-A"], repo)
+        run_command(["git", "commit", "-q", "-m", "init"], repo)
+        yield repo
+
+
+@pytest.fixture
+def env(project):
+    """The flow runs in-process: the project's own store, git identity, no outside tracking URI."""
+    with mock.patch.dict(os.environ, GIT_ENV):
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        yield
+
+
+def client(project: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+def champion(project: Path) -> str:
+    return str(client(project).get_model_version_by_alias(MODEL, "champion").version)
+
+
+def versions(project: Path) -> list[str]:
+    return sorted(str(v.version) for v in client(project).search_model_versions(f"name='{MODEL}'"))
+
+
+def bundle_version(project: Path) -> str:
+    return json.loads((project / "dist/bundle/manifest.json").read_text())["model_version"]
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+# --- before anything ran ----------------------------------------------------------------------
+
+
+def test_unreachable_tracking_server_stops_before_any_stage(retrain, project, env):
+    with (
+        mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}),
+        pytest.raises(AiderEdgeError, match=r"MLflow tracking server .* is not reachable") as err,
+    ):
+        retrain.retrain(project_dir=str(project))
+    assert "\n" not in str(err.value)
+    assert not (project / "data/raw").exists()
+
+
+def test_a_second_run_on_a_busy_workspace_stops_or_waits(retrain, project, env):
+    with workspace_lock(project, label="first run"):
+        started = time.monotonic()
+        with pytest.raises(WorkspaceBusy, match=r"another retraining flow .*\(first run\)"):
+            retrain.retrain(project_dir=str(project))
+        assert time.monotonic() - started < 30
+    assert not (project / "data/raw").exists()
+
+    # with a timeout, the second waits for the first to let go
+    release = threading.Event()
+
+    def first() -> None:
+        with workspace_lock(project, label="first run"):
+            release.wait(10)
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    time.sleep(0.3)
+    threading.Timer(1.0, release.set).start()
+    with workspace_lock(project, timeout_s=10, label="second run"):
+        assert release.is_set()
+    holder.join()
+
+
+# --- the retraining history -------------------------------------------------------------------
+
+
+def test_first_run_trains_registers_promotes_and_publishes(retrain, project, env):
+    summary = retrain.retrain(project_dir=str(project))
+
+    stages = retrain.stage_order(project)
+    assert stages[:2] == ["ingest", "split"] and "train@s1-baseline" in stages
+    assert stages.index("export") < stages.index("validate")
+    assert summary["ran"] == stages and summary["skipped"] == []
+    assert summary["registration"] == {
+        "version": "1",
+        "new": True,
+        "run_id": summary["registration"]["run_id"],
+    }
+    assert summary["promotion"]["decision"] == "promoted"
+    assert champion(project) == "1" and bundle_version(project) == "1"
+    assert summary["bundle"]["skipped"] is False
+
+    # data versioning: dvc.lock committed, the outputs pushed, lineage on the version
+    assert run_command(["git", "status", "--porcelain", "dvc.lock"], project).stdout == ""
+    assert "retrain:" in run_command(["git", "log", "-1", "--format=%s"], project).stdout
+    assert "in sync" in run_command(["dvc", "status", "-c"], project).stdout
+    tags = client(project).get_model_version(MODEL, "1").tags
+    assert tags["lineage_git_commit"] == summary["versioning"]["git_commit"]
+    assert tags["dvc_split_md5"].endswith(".dir")
+    assert tags["dvc_train_split_md5"] == md5(project / "data/splits/train_s1.csv")
+    assert tags["scenario"] == "s1" and tags["method"] == "baseline"
+
+
+def test_second_run_without_changes_does_nothing_quickly(retrain, project, env):
+    commits = run_command(["git", "rev-list", "--count", "HEAD"], project).stdout
+    started = time.monotonic()
+    summary = retrain.retrain(project_dir=str(project))
+    seconds = time.monotonic() - started
+
+    assert summary["ran"] == [] and summary["nothing_changed"] is True
+    assert summary["registration"]["new"] is False and summary["promotion"] is None
+    assert summary["bundle"]["skipped"] is True
+    assert "nothing changed" in retrain.describe(summary)
+    assert versions(project) == ["1"] and champion(project) == "1"
+    assert run_command(["git", "rev-list", "--count", "HEAD"], project).stdout == commits
+    assert seconds < 60, f"a run with nothing to do took {seconds:.1f} s"
+    print(f"no-change run: {seconds:.1f} s")
+
+
+def test_new_data_not_better_by_the_margin_keeps_the_champion(retrain, project, env):
+    edit_params(project, {"split": {"train_size": 50}, "registry": {"margin": 1.0}})
+    summary = retrain.retrain(project_dir=str(project))
+
+    assert "split" in summary["ran"] and "train@s1-baseline" in summary["ran"]
+    assert "ingest" in summary["skipped"]
+    assert summary["registration"]["version"] == "2"
+    promotion = summary["promotion"]
+    assert promotion["decision"] == "kept_champion" and promotion["champion_version"] == "1"
+    assert champion(project) == "1" and bundle_version(project) == "1"
+    tags = client(project).get_model_version(MODEL, "2").tags
+    assert tags["promotion.decision"] == "kept_champion"
+    assert tags["promotion.previous_champion"] == "1"
+    assert float(tags["promotion.champion_test_g_mean"]) == pytest.approx(
+        promotion["champion_test_g_mean"], abs=1e-6
+    )
+    assert "promotion.challenger_test_g_mean" in tags and tags["promotion.margin"] == "1"
+
+
+def test_a_failing_gate_fails_the_flow_and_moves_nothing(retrain, project, env):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    profiles = params["validate"]["profiles"]
+    edit_params(
+        project,
+        {"validate": {"profiles": [{"name": "host", "threads": 1, "budget_ms": 0.0001}]}},
+    )
+    with pytest.raises(retrain.StageFailed, match=r"^stage validate failed") as err:
+        retrain.retrain(project_dir=str(project))
+    assert "\n" not in str(err.value) and err.value.user_error
+    assert versions(project) == ["1", "2"] and champion(project) == "1"
+    assert bundle_version(project) == "1"
+    edit_params(project, {"validate": {"profiles": profiles}})
+
+
+def test_promote_by_hand_then_roll_back(retrain, project, env):
+    edit_params(project, {"registry": {"margin": -1.0}})
+    out = run_command(["aider-edge", "promote"], project).stdout
+    assert "promoted" in out and champion(project) == "2"
+    run_command(["aider-edge", "bundle", "--alias", "champion"], project)
+    assert bundle_version(project) == "2"
+
+    out = run_command(["aider-edge", "promote", "--rollback"], project).stdout
+    assert re.search(r"champion.*v2.*v1", out)
+    assert champion(project) == "1"
+    again = run_command(["aider-edge", "promote", "--rollback"], project, ok=False)
+    assert again.returncode == 2 and "nothing to roll back to" in again.stderr
+    assert again.stderr.strip().count("\n") == 0
+
+    # the flow republishes the champion's bundle (validate re-runs after the last test's edit)
+    summary = retrain.retrain(project_dir=str(project))
+    assert summary["registration"]["new"] is False and summary["promotion"] is None
+    assert bundle_version(project) == "1"
+
+
+def test_restore_the_training_split_of_an_earlier_version(project, env):
+    tags = client(project).get_model_version(MODEL, "1").tags
+    current = project / "data/splits/train_s1.csv"
+    assert md5(current) != tags["dvc_train_split_md5"]  # the data changed since v1
+
+    # from the DVC remote alone: drop the local cache, take v1's dvc.lock, pull
+    shutil.rmtree(project / ".dvc/cache")
+    run_command(["git", "checkout", tags["lineage_git_commit"], "--", "dvc.lock"], project)
+    run_command(["dvc", "pull", "split"], project)
+    assert md5(current) == tags["dvc_train_split_md5"]
+    assert len(current.read_text().splitlines()) == 60 + 1
+
+    run_command(["git", "checkout", "HEAD", "--", "dvc.lock"], project)
+    run_command(["dvc", "pull", "split"], project)
+    assert len(current.read_text().splitlines()) == 50 + 1
