@@ -26,6 +26,7 @@ temporary local server for the run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -70,10 +71,9 @@ def stage_order(root: Path) -> list[str]:
     list reads like the file.
     """
     import networkx as nx
-    from dvc.repo import Repo
 
     root = Path(root).resolve()
-    with Repo(str(root)) as repo:
+    with _in_repo(root) as repo:
         position = {id(stage): i for i, stage in enumerate(repo.index.stages)}
         # DVC's graph points from a stage to the stages it depends on: reversed, upstream first.
         upstream_first = repo.index.graph.reverse(copy=True)
@@ -94,10 +94,18 @@ def _address(stage, root: Path) -> str:
 
 def stage_changes(root: Path, stage: str) -> dict[str, Any]:
     """``dvc status`` of one stage: empty when it is up to date."""
+    with _in_repo(Path(root).resolve()) as repo:
+        return repo.status(targets=[stage])
+
+
+@contextlib.contextmanager
+def _in_repo(root: Path):
+    """DVC's Python API inside ``root``: DVC resolves dvc.yaml paths against the working folder,
+    so it is entered for the call (the flow runs its tasks one after the other in one thread)."""
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
-        return repo.status(targets=[stage])
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        yield repo
 
 
 def _dvc_env() -> dict[str, str]:
@@ -294,7 +302,9 @@ def retrain(project_dir: str = ".", publish_bundle: bool = True) -> dict[str, An
         stage_task = run_stage.with_options(
             retries=params.flow.stage_retries, retry_delay_seconds=params.flow.retry_delay_s
         )
-        results = [stage_task(str(root), stage) for stage in stages]
+        # return_state: a skipped stage's task ends in its own Completed state named Skipped;
+        # .result() gives its data, or raises the stage's error when it failed.
+        results = [stage_task(str(root), s, return_state=True).result() for s in stages]
         ran = [r["stage"] for r in results if r["ran"]]
         summary: dict[str, Any] = {"stages": results, "ran": ran, "skipped": []}
         summary["skipped"] = [r["stage"] for r in results if not r["ran"]]
