@@ -1,4 +1,6 @@
-"""The training losses: plain and class-weighted cross-entropy, and supervised contrastive loss.
+"""The training losses: plain and class-weighted cross-entropy, supervised contrastive loss, and
+three published prior-aware losses (logit adjustment, LDAM with deferred re-weighting, and the
+class-balanced focal loss) that serve as strong candidates next to the paper's method.
 
 The paper's adaptive objective (DESIGN.md, "The paper's method") is
 
@@ -11,18 +13,29 @@ each training method from the same parts so the methods differ only where they a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-METHODS = ("baseline", "adaptive", "wce", "supcon_fixed")
+METHODS = (
+    "baseline",
+    "adaptive",
+    "wce",
+    "supcon_fixed",
+    "logit_adjusted",
+    "ldam_drw",
+    "cb_focal",
+)
 
 # Methods whose loss has a SupCon term (and therefore need projections, tau and lambda).
 CONTRASTIVE_METHODS = ("adaptive", "supcon_fixed")
 # Methods whose cross-entropy is class-weighted.
 _WEIGHTED = ("adaptive", "wce", "supcon_fixed")
+# Methods whose loss reads the training split's class counts (a :class:`PriorLoss`).
+PRIOR_METHODS = ("logit_adjusted", "ldam_drw", "cb_focal")
 
 
 def supervised_contrastive_loss(embeddings: Tensor, labels: Tensor, temperature: float) -> Tensor:
@@ -99,6 +112,172 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor
     return F.cross_entropy(logits, labels, weight=weight)
 
 
+def _counts_tensor(class_counts: Sequence[int], like: Tensor) -> Tensor:
+    counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
+    if counts.ndim != 1 or counts.shape[0] != like.shape[-1]:
+        raise ValueError(
+            f"class_counts must list one count per class (K={like.shape[-1]}), "
+            f"got {list(class_counts)}"
+        )
+    if not bool((counts > 0).all()):
+        raise ValueError(f"every class needs a positive training count, got {list(class_counts)}")
+    return counts
+
+
+def logit_adjusted_cross_entropy(
+    logits: Tensor, labels: Tensor, class_counts: Sequence[int], tau: float = 1.0
+) -> Tensor:
+    """Logit-adjusted cross-entropy (Menon et al. 2021, "Long-tail learning via logit adjustment",
+    eq. 10).
+
+    With ``pi_c = n_c / sum_j n_j`` the training class priors:
+
+        loss_i = -log( exp(z_{y_i} + tau log pi_{y_i}) / sum_j exp(z_j + tau log pi_j) )
+
+    i.e. plain CE on logits shifted by ``tau * log(pi)``; the shift is applied in training only,
+    so the raw logits (what is exported) estimate the balanced posterior. ``tau = 1`` is the
+    balanced softmax (Ren et al. 2020); ``tau = 0`` is plain CE. Mean over the batch.
+    """
+    if not tau >= 0:
+        raise ValueError(f"logit adjustment tau must be >= 0, got {tau}")
+    counts = _counts_tensor(class_counts, logits)
+    log_prior = torch.log(counts / counts.sum()).to(device=logits.device, dtype=logits.dtype)
+    return F.cross_entropy(logits + tau * log_prior, labels)
+
+
+def ldam_margins(class_counts: Sequence[int], max_margin: float = 0.5) -> Tensor:
+    """LDAM's per-class margins ``Delta_c = C / n_c^(1/4)`` (Cao et al. 2019, eq. 12), with ``C``
+    chosen so that the rarest class gets ``max_margin`` (the reference code's ``max_m``)."""
+    if not max_margin > 0:
+        raise ValueError(f"LDAM max_margin must be > 0, got {max_margin}")
+    counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
+    if not bool((counts > 0).all()):
+        raise ValueError(f"every class needs a positive training count, got {list(class_counts)}")
+    raw = counts.pow(-0.25)
+    return (raw * (max_margin / raw.max())).float()
+
+
+def ldam_loss(
+    logits: Tensor,
+    labels: Tensor,
+    margins: Tensor,
+    *,
+    scale: float = 1.0,
+    class_weights: Tensor | None = None,
+) -> Tensor:
+    """Label-distribution-aware margin loss (Cao et al. 2019, "Learning Imbalanced Datasets with
+    Label-Distribution-Aware Margin Loss", eq. 13):
+
+        loss_i = -log( exp(s (z_y - Delta_y)) / (exp(s (z_y - Delta_y)) + sum_{j != y} exp(s z_j)) )
+
+    with ``Delta`` from :func:`ldam_margins`: the true class's logit must beat the others by a
+    margin that is larger for rarer classes. ``s = scale``: the reference code uses ``s = 30`` on
+    cosine logits of a normalised classifier; this project's head is a plain linear layer whose
+    logits are not bounded, so the default ``s = 1`` is the paper's formula on raw logits.
+    With ``class_weights`` (deferred re-weighting, see :class:`PriorLoss`) the mean is torch's
+    weighted mean, as in :func:`weighted_cross_entropy` and the reference code.
+    """
+    if margins.ndim != 1 or margins.shape[0] != logits.shape[-1]:
+        raise ValueError(
+            f"margins must be (K,) with K={logits.shape[-1]}, got shape {tuple(margins.shape)}"
+        )
+    margin = margins.to(device=logits.device, dtype=logits.dtype)[labels]
+    shifted = logits - F.one_hot(labels, logits.shape[-1]).to(logits.dtype) * margin[:, None]
+    if class_weights is None:
+        return F.cross_entropy(scale * shifted, labels)
+    return weighted_cross_entropy(scale * shifted, labels, class_weights)
+
+
+def effective_number_weights(class_counts: Sequence[int], beta: float) -> Tensor:
+    """Class-balanced weights (Cui et al. 2019, "Class-Balanced Loss Based on Effective Number of
+    Samples", eq. 3-4): ``w_c = (1 - beta) / (1 - beta^n_c)``, the inverse of the effective number
+    of samples ``E_n = (1 - beta^n) / (1 - beta)``, normalised so that ``sum_c w_c = K`` (as the
+    paper). ``beta = 0`` gives all-ones weights; ``beta -> 1`` tends to inverse frequency.
+    """
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
+    if not bool((counts > 0).all()):
+        raise ValueError(f"every class needs a positive training count, got {list(class_counts)}")
+    weights = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
+    return (weights * (len(counts) / weights.sum())).float()
+
+
+def class_balanced_focal_loss(
+    logits: Tensor, labels: Tensor, class_weights: Tensor, gamma: float = 2.0
+) -> Tensor:
+    """Class-balanced focal loss (Cui et al. 2019, eq. 9), sigmoid form as published:
+
+        CB_focal(z, y) = -w_y * sum_{c=1..K} (1 - p_c^t)^gamma * log(p_c^t),
+        p_c^t = sigmoid(z_c^t),  z_c^t = z_c if c == y else -z_c
+
+    with ``w`` from :func:`effective_number_weights`; summed over classes and averaged over the
+    batch (the reference code divides the total by the number of labels). The focal term (Lin et
+    al. 2017) down-weights easy examples; ``gamma = 0`` is class-balanced sigmoid cross-entropy.
+    The argmax of the logits is still the prediction, so training and export need no change.
+    """
+    if not gamma >= 0:
+        raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+    if class_weights.ndim != 1 or class_weights.shape[0] != logits.shape[-1]:
+        raise ValueError(
+            f"class_weights must be (K,) with K={logits.shape[-1]} classes, "
+            f"got shape {tuple(class_weights.shape)}"
+        )
+    z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    target = F.one_hot(labels, z.shape[-1]).to(z.dtype)
+    signed = torch.where(target.bool(), z, -z)  # z^t
+    # log p^t = logsigmoid(z^t) and 1 - p^t = sigmoid(-z^t): both stable for large |z|.
+    per_class = -torch.sigmoid(-signed).pow(gamma) * F.logsigmoid(signed)
+    weight = class_weights.to(device=z.device, dtype=z.dtype)[labels]
+    return (weight * per_class.sum(dim=1)).mean()
+
+
+@dataclass(frozen=True)
+class PriorLoss:
+    """The training split's class counts and the knobs of the prior-aware losses.
+
+    ``drw_epoch``: ``ldam_drw`` trains with unweighted LDAM before this (0-based) epoch and with
+    effective-number weights (``drw_beta``) from it on (Cao et al. 2019, section 3.3: re-weighting
+    after the features are learned; their CIFAR schedule switches at 80 % of training).
+    """
+
+    class_counts: tuple[int, ...]
+    la_tau: float = 1.0
+    ldam_max_margin: float = 0.5
+    ldam_scale: float = 1.0
+    drw_epoch: int = 0
+    drw_beta: float = 0.9999
+    cb_beta: float = 0.9999
+    focal_gamma: float = 2.0
+
+    def drw_weights(self, epoch: int) -> Tensor | None:
+        """The LDAM class weights at ``epoch``: none before ``drw_epoch``."""
+        if epoch < self.drw_epoch:
+            return None
+        return effective_number_weights(self.class_counts, self.drw_beta)
+
+
+def prior_loss(method: str, logits: Tensor, labels: Tensor, prior: PriorLoss, epoch: int) -> Tensor:
+    """The classification loss of one of :data:`PRIOR_METHODS` at ``epoch``."""
+    if method == "logit_adjusted":
+        return logit_adjusted_cross_entropy(logits, labels, prior.class_counts, prior.la_tau)
+    if method == "ldam_drw":
+        _counts_tensor(prior.class_counts, logits)
+        margins = ldam_margins(prior.class_counts, prior.ldam_max_margin)
+        return ldam_loss(
+            logits,
+            labels,
+            margins,
+            scale=prior.ldam_scale,
+            class_weights=prior.drw_weights(epoch),
+        )
+    if method == "cb_focal":
+        _counts_tensor(prior.class_counts, logits)
+        weights = effective_number_weights(prior.class_counts, prior.cb_beta)
+        return class_balanced_focal_loss(logits, labels, weights, prior.focal_gamma)
+    raise ValueError(f"{method!r} is not one of {', '.join(PRIOR_METHODS)}")
+
+
 @dataclass
 class LossParts:
     """The total loss and its two terms (``supcon`` is a zero tensor for methods without it)."""
@@ -121,6 +300,8 @@ def method_loss(
     class_weights: Tensor | None = None,
     tau: float | None = None,
     lambda_: float | None = None,
+    prior: PriorLoss | None = None,
+    epoch: int = 0,
 ) -> LossParts:
     """The loss of one training method on one batch.
 
@@ -129,9 +310,17 @@ def method_loss(
     - ``adaptive``: weighted CE + ``lambda_ * SupCon(projections, tau)`` with the adapted
       ``tau``/``lambda_`` (:func:`aider_edge.imbalance.adaptive_schedule`).
     - ``supcon_fixed``: the same formula; the caller passes the unadapted ``tau0``/``lambda0``.
+    - ``logit_adjusted``, ``ldam_drw``, ``cb_focal``: :func:`prior_loss` with ``prior`` (the class
+      counts and knobs) at ``epoch`` (LDAM's deferred re-weighting depends on it); reported as
+      ``ce``, with a zero ``supcon``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    if method in PRIOR_METHODS:
+        if prior is None:
+            raise ValueError(f"method {method!r} needs prior (the training class counts)")
+        ce = prior_loss(method, logits, labels, prior, epoch)
+        return LossParts(total=ce, ce=ce, supcon=ce.new_zeros(()))
     if method in _WEIGHTED:
         if class_weights is None:
             raise ValueError(f"method {method!r} needs class_weights")

@@ -29,7 +29,7 @@ from aider_edge.data.cache import DecodedSplit
 from aider_edge.data.loader import iterate_batches, iterate_paired_batches
 from aider_edge.errors import AiderEdgeError
 from aider_edge.imbalance import AdaptiveSchedule, adaptive_schedule, class_weights
-from aider_edge.losses import CONTRASTIVE_METHODS, method_loss
+from aider_edge.losses import CONTRASTIVE_METHODS, PRIOR_METHODS, PriorLoss, method_loss
 from aider_edge.metrics import classification_metrics
 from aider_edge.model import AiderNet, build_model
 
@@ -57,6 +57,7 @@ class LossSetup:
     weights: torch.Tensor
     tau: float | None
     lambda_: float | None
+    prior: PriorLoss | None = None  # class counts and knobs of the prior-aware methods
 
     def record(self) -> dict:
         return {
@@ -94,7 +95,19 @@ def loss_setup(params: Params, method: str, train_labels: np.ndarray, n_classes:
     else:
         tau = lambda_ = None
     weights = torch.tensor(class_weights(counts), dtype=torch.float32)
-    return LossSetup(counts, schedule, weights, tau, lambda_)
+    prior = None
+    if method in PRIOR_METHODS:
+        prior = PriorLoss(
+            class_counts=tuple(counts),
+            la_tau=lc.la_tau,
+            ldam_max_margin=lc.ldam_max_margin,
+            ldam_scale=lc.ldam_scale,
+            drw_epoch=lc.drw_epoch,
+            drw_beta=lc.drw_beta,
+            cb_beta=lc.cb_beta,
+            focal_gamma=lc.focal_gamma,
+        )
+    return LossSetup(counts, schedule, weights, tau, lambda_, prior)
 
 
 def train(
@@ -223,6 +236,8 @@ def train_one_epoch(
             class_weights=setup.weights,
             tau=setup.tau,
             lambda_=setup.lambda_,
+            prior=setup.prior,
+            epoch=epoch,  # ldam_drw re-weights from loss.drw_epoch on
         )
         if not torch.isfinite(parts.total):
             raise TrainingDiverged(
