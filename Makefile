@@ -25,7 +25,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run serve test lint format bench clean
+.PHONY: setup run serve test lint format bench bench-science clean
 
 ## setup: create or update .venv from uv.lock (quick when nothing changed)
 setup: $(STAMP)
@@ -65,6 +65,11 @@ format: setup
 ## bench: the performance benchmarks (results in benchmarks/results/)
 bench: setup
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+## bench-science: the seeded study on Fashion-MNIST and the synthetic data (about 40-90 min on
+## 2 cores; resumable; installs the Debian package dataset-fashion-mnist when missing)
+bench-science: setup
+	$(BIN)/python benchmarks/science/study.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache
