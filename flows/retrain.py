@@ -274,9 +274,15 @@ def promote(root: str, params: Params, version: str) -> dict[str, Any]:
 
 
 @task(name="publish-bundle", cache_policy=NO_CACHE)
-def publish(root: str, params: Params) -> dict[str, Any]:
+def publish(root: str, params: Params) -> dict[str, Any] | None:
+    """The champion's bundle; ``None`` while there is no champion (every version was refused)."""
+    alias = params.registry.champion_alias
+    _, client = registry.connect(params, Path(root))
+    if registry.alias_version(client, params, alias) is None:
+        get_run_logger().warning("no %s yet: no bundle published", alias)
+        return None
     out = Path(root) / params.flow.bundle_dir
-    return registry.publish_bundle(params, Path(root), params.registry.champion_alias, out)
+    return registry.publish_bundle(params, Path(root), alias, out)
 
 
 def _already_decided(params: Params, root: Path, version: str) -> bool:
@@ -364,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-publish", action="store_true", help="skip the drone bundle")
     args = parser.parse_args(argv)
     try:
+        # Checked before Prefect starts (its temporary server alone takes seconds).
+        params = load_params(Path(args.project_dir) / "params.yaml")
         if args.serve:
-            params = load_params(Path(args.project_dir) / "params.yaml")
             retrain.serve(
                 name=FLOW_NAME,
                 cron=params.flow.cron,

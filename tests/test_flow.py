@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -121,6 +122,18 @@ def md5(path: Path) -> str:
 
 
 # --- before anything ran ----------------------------------------------------------------------
+
+
+def test_bad_params_stop_the_command_with_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("flow:\n  cron: every night\n")
+    done = run_command(
+        [sys.executable, str(REPO_ROOT / "flows/retrain.py"), "--project-dir", str(tmp_path)],
+        tmp_path,
+        ok=False,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert "flow.cron = 'every night': must be a cron expression with 5 fields" in done.stderr
 
 
 def test_unreachable_tracking_server_stops_before_any_stage(retrain, project, env):
@@ -265,10 +278,10 @@ def test_restore_the_training_split_of_an_earlier_version(project, env):
     # from the DVC remote alone: drop the local cache, take v1's dvc.lock, pull
     shutil.rmtree(project / ".dvc/cache")
     run_command(["git", "checkout", tags["lineage_git_commit"], "--", "dvc.lock"], project)
-    run_command(["dvc", "pull", "split"], project)
+    run_command(["dvc", "pull", "--force", "split"], project)
     assert md5(current) == tags["dvc_train_split_md5"]
     assert len(current.read_text().splitlines()) == 60 + 1
 
     run_command(["git", "checkout", "HEAD", "--", "dvc.lock"], project)
-    run_command(["dvc", "pull", "split"], project)
+    run_command(["dvc", "pull", "--force", "split"], project)
     assert len(current.read_text().splitlines()) == 50 + 1

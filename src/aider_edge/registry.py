@@ -349,14 +349,17 @@ def fetch_version(uri: str, params: Params, version: str, dest: Path) -> tuple[P
     import mlflow.artifacts
     from mlflow.models import Model
 
-    folder = Path(
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{params.registry.model_name}/{version}",
-            dst_path=str(dest),
-            tracking_uri=uri,
-            registry_uri=uri,
+    # The global URI too: a version's source is a logged model (``models:/m-...``), which MLflow
+    # resolves through the *global* tracking store, not the tracking_uri given here.
+    with _global_uri(uri):
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{params.registry.model_name}/{version}",
+                dst_path=str(dest),
+                tracking_uri=uri,
+                registry_uri=uri,
+            )
         )
-    )
     path = folder / ONNX_FILE
     if not path.is_file():
         raise RegistryError(
