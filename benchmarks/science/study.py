@@ -102,8 +102,12 @@ def run_dataset(
     methods: list[str] | None,
     scenarios: list[str] | None,
     shard: tuple[int, int] = (0, 1),
+    reverse: bool = False,
 ):
-    """Run (or resume) the dataset's runs; ``shard = (i, n)`` takes every n-th run from the i-th."""
+    """Run (or resume) the dataset's runs; ``shard = (i, n)`` takes every n-th run from the i-th.
+
+    ``reverse``: a helper that takes the runs from the end and skips any run another process has
+    started (its run folder exists), so it can join a study in progress and meet the others."""
     params = load_params(HERE / f"params_{dataset}.yaml")
     torch_threads = params.train.num_threads
     root = WORK / dataset
@@ -118,16 +122,18 @@ def run_dataset(
         for m in methods
     ]
     index, count = shard
-    todo = todo[index::count]
+    todo = todo[index::count][:: -1 if reverse else 1]
     runs_dir = root / "runs"
     done = sum((runs_dir / f"{run_name(*t)}.json").is_file() for t in todo)
-    tag = f"{dataset}" if count == 1 else f"{dataset} {index + 1}/{count}"
+    tag = (f"{dataset}" if count == 1 else f"{dataset} {index + 1}/{count}") + (
+        " reverse" if reverse else ""
+    )
     print(f"[{tag}] {len(todo)} runs, {done} already done, torch threads {torch_threads}")
     timed: list[float] = []
     opened: dict[str, tuple[RunData, str]] = {}
     for sc, m, k in todo:
         result = runs_dir / f"{run_name(sc, m, k)}.json"
-        if result.is_file():
+        if result.is_file() or (reverse and (runs_dir / run_name(sc, m, k)).is_dir()):
             continue
         if sc not in opened:
             opened[sc] = open_split(params, root, sc)
@@ -184,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         help="training processes at once, one thread each (datasets x shards)",
     )
     parser.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)  # set by --jobs
+    parser.add_argument("--reverse", action="store_true", help="help a study in progress")
     parser.add_argument("--analyse-only", action="store_true")
     parser.add_argument("--no-analyse", action="store_true")
     args = parser.parse_args(argv)
@@ -197,7 +204,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             index, count = (int(x) for x in args.shard.split("/"))
             for dataset in args.datasets:
-                run_dataset(dataset, args.seeds, args.methods, args.scenarios, (index, count))
+                run_dataset(
+                    dataset, args.seeds, args.methods, args.scenarios, (index, count), args.reverse
+                )
     if not args.no_analyse:
         import analyse
 
