@@ -232,10 +232,8 @@ def validate(params: Params, root: Path) -> dict:
     reference = _torch_logits(classifier, images, cfg.batch_size)
     tol = {"atol": cfg.fp32_atol, "rtol": cfg.fp32_rtol}
 
-    fp32_parity = parity(
-        reference, _onnx_logits(fp32_path, images, layout, cfg.batch_size), labels,
-        test.classes, **tol,
-    )  # fmt: skip
+    fp32_logits = _onnx_logits(fp32_path, images, layout, cfg.batch_size)
+    fp32_parity = parity(reference, fp32_logits, labels, test.classes, **tol)
     failures = fp32_failures(fp32_parity, cfg)
     fp32_latency = latency_report(fp32_path, cfg)
     report: dict = {
@@ -247,10 +245,8 @@ def validate(params: Params, root: Path) -> dict:
     }
     deployed, deployed_latency = FP32_MODEL.name, fp32_latency
     if has_int8:
-        int8_parity = parity(
-            reference, _onnx_logits(int8_path, images, layout, cfg.batch_size), labels,
-            test.classes, **tol,
-        )  # fmt: skip
+        int8_logits = _onnx_logits(int8_path, images, layout, cfg.batch_size)
+        int8_parity = parity(reference, int8_logits, labels, test.classes, **tol)
         int8_latency = latency_report(int8_path, cfg)
         kept, reason, figures = int8_decision(int8_parity, fp32_latency, int8_latency, cfg)
         report["int8"] = {
