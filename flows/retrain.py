@@ -312,8 +312,8 @@ def retrain(project_dir: str = ".", publish_bundle: bool = True) -> dict[str, An
         # .result() gives its data, or raises the stage's error when it failed.
         results = [stage_task(str(root), s, return_state=True).result() for s in stages]
         ran = [r["stage"] for r in results if r["ran"]]
-        summary: dict[str, Any] = {"stages": results, "ran": ran, "skipped": []}
-        summary["skipped"] = [r["stage"] for r in results if not r["ran"]]
+        skipped = [r["stage"] for r in results if not r["ran"]]
+        summary: dict[str, Any] = {"stages": results, "ran": ran, "skipped": skipped}
 
         if ran:
             summary["versioning"] = version_data(str(root), params, ran)
