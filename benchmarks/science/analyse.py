@@ -296,7 +296,8 @@ def dataset_section(name, params, runs, summary, paired, picked, scenarios, meth
         f"seeds; {params.data.image_size} px, {params.split.train_size} training images per "
         f"scenario, {params.train.epochs} epochs, batch {params.train.batch_size}, test split "
         f"{params.split.test_per_class} per class, val {params.split.val_per_class} per class; "
-        f"{np.mean(seconds):.0f} s of wall time per run on the busy shared machine ({sum(seconds) / 60:.0f} min summed over runs). "
+        f"{np.mean(seconds):.0f} s of wall time per run on the busy shared machine "
+        f"({sum(seconds) / 60:.0f} min summed over runs). "
         f"Classes: {', '.join(classes)} (the last is the majority).",
         "",
     ]
@@ -436,8 +437,8 @@ def main(work: Path, results: Path, datasets: list[str], seeds: int) -> None:
         "",
         "Setup: the project's own stages (ingest, split, pixel cache, `training.train`, metrics); "
         "the split is cut once per dataset and the seeds vary initial heads, batch order, "
-        "augmentation and dropout. MobileNetV3-Large starts from a backbone pre-trained on the five "
-        "Fashion-MNIST classes the study does not use (`pretrain.py`; the paper uses ImageNet "
+        "augmentation and dropout. MobileNetV3-Large starts from a backbone pre-trained on the "
+        "five Fashion-MNIST classes the study does not use (`pretrain.py`; the paper uses ImageNet "
         "weights, which cannot be downloaded here). The budget is sized for a shared 2-core CPU "
         "(see each dataset's line), far below the paper's 224 px / 1,500 images / 30 epochs, so "
         "absolute scores are low. G-Mean is 0 whenever one class is never recognised "
