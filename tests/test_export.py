@@ -21,7 +21,7 @@ from aider_edge.model import build_model
 from aider_edge.pipeline import SPLITS_DIR, pixel_cache
 from aider_edge.selection import SelectionError, read_selected
 from conftest import small_params
-from export_project import exported_project, project_params
+from export_project import copy_project, exported_project, project_params
 
 K = 5
 
@@ -222,18 +222,24 @@ def test_entropy_and_percentile_calibration_really_differ_from_minmax(project):
     assert differing(degenerate) == 0
 
 
-def test_preprocessing_in_graph_takes_uint8_frames(classifier, test_images):
-    proto = onnx_export.export_onnx(classifier, 32, 18, preprocessing_in_graph=True)
-    (inp,) = proto.graph.input
-    assert inp.type.tensor_type.elem_type == TensorProto.UINT8
-    assert [d.dim_value for d in inp.type.tensor_type.shape.dim][1:] == [32, 32, 3]
-    frames = np.ascontiguousarray(test_images[:5])
-    got = ort.InferenceSession(proto.SerializeToString()).run(None, {"input": frames})[0]
-    np.testing.assert_allclose(got, torch_logits(classifier, frames), atol=1e-4, rtol=1e-3)
-    meta = onnx_export.model_metadata(
-        ["a", "b"], 32, preprocessing_in_graph=True, run_id="r", data_hash="h", precision="fp32"
+def test_preprocessing_in_graph_takes_uint8_frames(project, classifier, test_images, tmp_path):
+    root = copy_project(project, tmp_path / "nhwc")
+    params = project_params(
+        root, export={"preprocessing_in_graph": True, "calibration": {"images": 16}}
     )
-    assert meta["layout"] == "NHWC_uint8"
+    report = run_export(params, root)
+    assert report["layout"] == "NHWC_uint8" and report["pool_rewrite"]["applied"]
+    frames = np.ascontiguousarray(test_images)
+    for name in ("model.onnx", "model.int8.onnx"):
+        model = onnx.load(str(root / "export" / name))
+        (inp,) = model.graph.input
+        assert inp.type.tensor_type.elem_type == TensorProto.UINT8
+        assert [d.dim_value for d in inp.type.tensor_type.shape.dim][1:] == [32, 32, 3]
+        assert onnx_export.metadata(model)["layout"] == "NHWC_uint8"
+    got = session(root / "export" / "model.onnx").run(None, {"input": frames})[0]
+    np.testing.assert_allclose(got, torch_logits(classifier, frames), atol=1e-4, rtol=1e-3)
+    int8_logits = session(root / "export" / "model.int8.onnx").run(None, {"input": frames})[0]
+    assert int8_logits.shape == (len(frames), K) and np.isfinite(int8_logits).all()
 
 
 def test_export_before_select_is_one_line_naming_the_fix(tmp_path):
