@@ -288,14 +288,12 @@ class LossConfig(_Section):
         return self
 
 
-MethodName = Literal["baseline", "adaptive", "wce", "supcon_fixed"]
-
-
 class SelectConfig(_Section):
     """Which trained runs compete in ``select``; ``None`` = every trained scenario / method."""
 
     scenarios: list[str] | None = None
-    methods: list[MethodName] | None = None
+    methods: list[str] | None = None
+    """Checked against ``train.methods`` (only trained runs can be selected)."""
 
 
 class CalibrationConfig(_Section):
