@@ -36,6 +36,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Prefect's temporary server sends a usage heartbeat; offline (drones' ground stations, CI) it
+# fails against its own SQLite store and prints a traceback mid-run. Opt out unless a user set it.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
