@@ -44,10 +44,13 @@ DATASET_NAMES = {
 }
 
 
-def load_runs(work: Path, dataset: str) -> list[dict]:
+def load_runs(work: Path, dataset: str, seeds: int) -> list[dict]:
+    """The finished runs of the first ``seeds`` seeds (runs of a larger study are left out)."""
     runs = []
     for path in sorted((work / dataset / "runs").glob("*.json")):
-        runs.append(json.loads(path.read_text(encoding="utf-8")))
+        run = json.loads(path.read_text(encoding="utf-8"))
+        if run["seed_index"] < seeds:
+            runs.append(run)
     return runs
 
 
@@ -452,7 +455,7 @@ def main(work: Path, results: Path, datasets: list[str], seeds: int) -> None:
     run_rows, summary_rows, paired_rows = [], [], []
     for name in datasets:
         params = load_params(HERE / f"params_{name}.yaml")
-        runs = load_runs(work, name)
+        runs = load_runs(work, name, seeds)
         if not runs:
             print(f"[{name}] no finished runs; skipped in the report")
             continue
