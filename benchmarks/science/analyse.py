@@ -421,8 +421,33 @@ def verdict(name, paired, ablations, summary, picked, scenarios, methods) -> tup
         + ", ".join(f"{s} {picked[s]['most_picked']}" for s in scenarios if s in picked)
         + "."
     )
+    check = identity_check(paired, ablations)
+    if check:
+        lines.append(f"- Consistency check at s5 (sigma 0): {check}.")
+    ldam = paired.get(("s1", "ldam_drw"))
+    if ldam and ldam["g_mean"]["mean"] <= 0:
+        lines.append(
+            "- LDAM-DRW is re-weighted only from `loss.drw_epoch` (the last epoch here, as Cao et "
+            "al. re-weight the last 20 %); in this short schedule that is too late to rescue the "
+            "minorities in s1."
+        )
     data["best_by_test_g_mean"] = best
     return lines, data
+
+
+def identity_check(paired: dict, ablations: dict) -> str:
+    """At sigma 0 the formulas make wce = baseline and adaptive = supcon_fixed; deterministic
+    training must then give identical runs (a check of the whole pipeline's seeding)."""
+    parts = []
+    wce = paired.get(("s5", "wce"))
+    if wce:
+        same = all(wce[m]["sd"] == 0 and wce[m]["mean"] == 0 for m in PAIRED)
+        parts.append(f"wce {'equals' if same else 'DIFFERS from'} baseline run for run")
+    fixed = ablations["supcon_fixed"].get(("s5", "adaptive"))
+    if fixed:
+        same = all(fixed[m]["sd"] == 0 and fixed[m]["mean"] == 0 for m in PAIRED)
+        parts.append(f"adaptive {'equals' if same else 'DIFFERS from'} supcon_fixed run for run")
+    return ", ".join(parts)
 
 
 def main(work: Path, results: Path, datasets: list[str], seeds: int) -> None:
