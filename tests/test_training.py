@@ -123,3 +123,17 @@ def test_two_views_trains(data, tmp_path):
         tiny_params(positives="two_views", epochs=2), data, "adaptive", tmp_path, data_hash="h"
     )
     assert len(history.epochs) == 2 and history.epochs[0]["supcon"] > 0
+
+
+def test_training_bar_reports_every_epoch_on_stderr(capsys):
+    from aider_edge.progress import training_bar
+
+    with training_bar("s1-adaptive", epochs=2, images_per_epoch=64) as bar:
+        for _ in range(2):
+            bar.step(32, 1.5)
+        bar.epoch(
+            {"epoch": 0, "loss": 1.25, "val_accuracy": 0.5, "val_g_mean": 0.4, "images_per_s": 80.0}
+        )
+    err = capsys.readouterr().err
+    assert "s1-adaptive" in err
+    assert "epoch 1/2: loss 1.2500  val accuracy 0.500  val G-Mean 0.400  (80 img/s)" in err

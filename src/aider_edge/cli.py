@@ -88,7 +88,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     params = _load(args)
     with progress_bar(f"decode {params.data.image_size}px") as decode:
         metrics = pipeline.train(
-            params, Path.cwd(), args.scenario, args.method, pipeline.StageProgress(decode=decode)
+            params,
+            Path.cwd(),
+            args.scenario,
+            args.method,
+            pipeline.StageProgress(decode=decode, training=True),
         )
     for block in ("val", "test"):
         figures = metrics[block]

@@ -6,6 +6,7 @@ call them directly. Paths follow the stage contracts of DESIGN.md.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ class StageProgress:
     generate: Progress | None = None
     ingest: Progress | None = None
     decode: Progress | None = None
+    training: bool = False
+    """Show a training run's bar (images/s, loss) and one line per epoch on stderr."""
 
 
 def ingest(params: Params, root: Path, progress: StageProgress = StageProgress()):
@@ -80,6 +83,7 @@ def train(
     from aider_edge.data.augment import normalize
     from aider_edge.data.loader import to_batch_tensor
     from aider_edge.errors import ConfigError
+    from aider_edge.progress import training_bar
     from aider_edge.training import CHECKPOINT, RunData, evaluate, fit_summary
     from aider_edge.training import train as fit
 
@@ -104,14 +108,33 @@ def train(
     )
     out_dir = run_dir(root, scenario, method)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tracking.tracked_run(params, root, scenario, method, train_csv) as run:
+    with contextlib.ExitStack() as stack:
+        run = stack.enter_context(tracking.tracked_run(params, root, scenario, method, train_csv))
+        bar = (
+            stack.enter_context(
+                training_bar(
+                    f"{scenario}-{method}",
+                    params.train.epochs,
+                    _images_per_epoch(params, method, len(data.train)),
+                )
+            )
+            if progress.training
+            else None
+        )
+
+        def on_epoch(record: dict) -> None:
+            run.log_epoch(record, step=record["epoch"])
+            if bar is not None:
+                bar.epoch(record)
+
         model, history, setup = fit(
             params,
             data,
             method,
             out_dir,
             data_hash=file_sha256(train_csv),
-            on_epoch=lambda record: run.log_epoch(record, step=record["epoch"]),
+            on_epoch=on_epoch,
+            on_step=bar.step if bar is not None else None,
         )
         summary = fit_summary(setup, history, classes)
         run.log_derived(summary)
@@ -130,6 +153,13 @@ def train(
         run.write_run_json(out_dir)
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
     return metrics
+
+
+def _images_per_epoch(params: Params, method: str, n_train: int) -> int:
+    from aider_edge.losses import CONTRASTIVE_METHODS
+
+    two_views = params.train.positives == "two_views" and method in CONTRASTIVE_METHODS
+    return n_train * (2 if two_views else 1)  # two views: every image goes through twice
 
 
 REPORTS_DIR = Path("reports")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 
 Progress = Callable[[int, int], None]
@@ -34,3 +35,52 @@ def progress_bar(description: str, unit: str = "img") -> Iterator[Progress]:
     finally:
         if bar is not None:
             bar.close()
+
+
+class TrainingBar:
+    """A run's progress on stderr: a bar over its training images (throughput in img/s and the
+    running loss) and one line per epoch with the validation figures.
+
+    The per-epoch lines matter where stderr is not a terminal (``dvc repro`` inside a Prefect
+    task, CI logs): there a bar only shows when it closes, while a line arrives as it is written.
+    """
+
+    def __init__(self, description: str, epochs: int, images_per_epoch: int) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.epochs = epochs
+        self._bar = tqdm(
+            desc=description,
+            total=epochs * images_per_epoch,
+            unit="img",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        self._loss: float | None = None
+
+    def step(self, images: int, loss: float) -> None:
+        # An exponential average: one noisy batch should not make the bar jump.
+        self._loss = loss if self._loss is None else 0.9 * self._loss + 0.1 * loss
+        self._bar.update(images)
+        self._bar.set_postfix(loss=f"{self._loss:.3f}", refresh=False)
+
+    def epoch(self, record: dict) -> None:
+        self._bar.write(
+            f"epoch {record['epoch'] + 1}/{self.epochs}: loss {record['loss']:.4f}  "
+            f"val accuracy {record['val_accuracy']:.3f}  val G-Mean {record['val_g_mean']:.3f}  "
+            f"({record['images_per_s']:.0f} img/s)",
+            file=sys.stderr,  # the bar's stream: stdout carries the stage's results
+        )
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+@contextlib.contextmanager
+def training_bar(description: str, epochs: int, images_per_epoch: int) -> Iterator[TrainingBar]:
+    bar = TrainingBar(description, epochs, images_per_epoch)
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -80,6 +80,8 @@ class History:
 
 
 EpochCallback = Callable[[dict], None]
+StepCallback = Callable[[int, float], None]
+"""Called after every optimiser step with the images it processed and its loss."""
 
 
 def loss_setup(params: Params, method: str, train_labels: np.ndarray, n_classes: int) -> LossSetup:
@@ -118,6 +120,7 @@ def train(
     *,
     data_hash: str,
     on_epoch: EpochCallback | None = None,
+    on_step: StepCallback | None = None,
     max_epochs: int | None = None,
 ) -> tuple[AiderNet, History, LossSetup]:
     """Train (or resume) one run in ``out_dir``; return the best model, history and loss setup.
@@ -171,6 +174,7 @@ def train(
             augment_gen,
             params,
             epoch,
+            on_step,
         )
         val = evaluate(model, data.val, tc.batch_size)
         record = {"epoch": epoch, **losses, **{f"val_{k}": v for k, v in val.items() if _scalar(v)}}
@@ -217,6 +221,7 @@ def train_one_epoch(
     augment_gen: torch.Generator,
     params: Params,
     epoch: int,
+    on_step: StepCallback | None = None,
 ) -> dict[str, float]:
     model.train()
     totals = {"loss": 0.0, "ce": 0.0, "supcon": 0.0}
@@ -250,8 +255,11 @@ def train_one_epoch(
         scheduler.step()
         n = len(labels)
         seen += n
-        for key, value in parts.as_floats().items():
+        floats = parts.as_floats()
+        for key, value in floats.items():
             totals["loss" if key == "total" else key] += value * n
+        if on_step is not None:
+            on_step(n, floats["total"])
     return {key: value / max(seen, 1) for key, value in totals.items()}
 
 
