@@ -137,3 +137,11 @@ def test_training_bar_reports_every_epoch_on_stderr(capsys):
     err = capsys.readouterr().err
     assert "s1-adaptive" in err
     assert "epoch 1/2: loss 1.2500  val accuracy 0.500  val G-Mean 0.400  (80 img/s)" in err
+
+
+def test_bf16_autocast_and_contiguous_layout_train_too(data, tmp_path):
+    params = tiny_params(bf16=True, channels_last=False)
+    model, history, _ = train(params, data, "baseline", tmp_path, data_hash="h")
+    assert all(np.isfinite(e["loss"]) for e in history.epochs)
+    assert history.epochs[-1]["loss"] < history.epochs[0]["loss"]
+    assert next(model.parameters()).dtype == torch.float32  # autocast leaves weights in fp32

@@ -246,6 +246,12 @@ class TrainConfig(_Section):
     """Stop after this many epochs without a better validation G-Mean; 0 = run every epoch."""
     num_threads: NonNegativeInt = 0
     """torch intra-op threads; 0 = all cores."""
+    channels_last: bool = True
+    """NHWC memory format for the convolutions (measured faster on x86 CPUs, see
+    benchmarks/results/training.md)."""
+    bf16: bool = False
+    """bfloat16 autocast for forward passes in training (measured no faster here; for CPUs with
+    fast bf16 matrix units and for GPUs)."""
 
 
 class LossConfig(_Section):

@@ -136,7 +136,8 @@ def train(
 
     torch.manual_seed(params.seed)
     model = build_model(n_classes, params.model.weights, params.model.projection_dim)
-    model = model.to(memory_format=torch.channels_last)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     positives = tc.positives if method in CONTRASTIVE_METHODS else "none"
     steps_per_epoch = _steps_per_epoch(len(data.train), tc.batch_size, positives)
@@ -232,7 +233,12 @@ def train_one_epoch(
         if positives == "two_views":  # a second, independent augmentation of the same images
             x = torch.cat([x, augment_and_normalize(images, augment_gen)])
             labels = torch.cat([labels, labels])
-        logits, projections = model.forward_train(x)
+        if not params.train.channels_last:
+            x = x.contiguous()  # augmentation hands out NHWC; the plain layout is NCHW
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.train.bf16):
+            logits, projections = model.forward_train(x)
+        # The losses (log-sum-exp at tau 0.01) stay in float32 whatever the forward pass used.
+        logits, projections = logits.float(), projections.float()
         parts = method_loss(
             method,
             logits,
