@@ -150,23 +150,26 @@ def build_from_export(
     return build_bundle(export_dir / name, out_dir, validation=validation, registry=registry)
 
 
+def deployed_model_name(validation: dict | None) -> str:
+    """The export file validate chose for the drone: ``deploy.model`` when the report names one
+    (older reports only say whether INT8 was kept), else INT8 when kept, else fp32."""
+    validation = validation or {}
+    deploy = validation.get("deploy")
+    int8 = validation.get("int8")
+    if isinstance(deploy, dict) and deploy.get("model") in (FP32_FILE, INT8_FILE):
+        return deploy["model"]
+    if isinstance(int8, dict) and int8.get("kept") is True:
+        return INT8_FILE
+    return FP32_FILE
+
+
 def _choose_model(export_dir: Path, model: ModelChoice, validation: dict | None) -> str:
     if model == "fp32":
         name = FP32_FILE
     elif model == "int8":
         name = INT8_FILE
     else:
-        # validate names the model it gated for deployment (`deploy.model`); older reports only
-        # say whether INT8 was kept.
-        validation = validation or {}
-        deploy = validation.get("deploy")
-        int8 = validation.get("int8")
-        if isinstance(deploy, dict) and deploy.get("model") in (FP32_FILE, INT8_FILE):
-            name = deploy["model"]
-        elif isinstance(int8, dict) and int8.get("kept") is True:
-            name = INT8_FILE
-        else:
-            name = FP32_FILE
+        name = deployed_model_name(validation)
     if not (export_dir / name).is_file():
         raise BundleError(f"{export_dir / name} does not exist; {EXPORT_HINT}")
     return name
