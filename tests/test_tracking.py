@@ -261,6 +261,12 @@ def test_real_classifier_logs_and_loads_back_with_the_same_logits(store, project
     assert info.signature.inputs.inputs[0].shape == (-1, 3, 32, 32)
     assert info.signature.outputs.inputs[0].shape == (-1, 5)
     assert "pytorch" in info.flavors
+    # The check log_model skips to save time: the logged input example scores through pyfunc.
+    local = mlflow.artifacts.download_artifacts(model_uri)
+    serving_input = mlflow.models.Model.load(local).get_serving_input(local)
+    assert serving_input is not None
+    served = mlflow.models.validate_serving_input(model_uri, serving_input)
+    assert np.asarray(served).shape == (2, 5)
 
 
 def _closed_port() -> int:
