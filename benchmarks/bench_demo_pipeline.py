@@ -80,7 +80,7 @@ def main() -> None:
             ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
         ).stdout.strip()
         demo = yaml.safe_load((repo / "params.yaml").read_text())
-        quality = _test_quality(repo / "models")
+        quality = _test_quality(repo / "models", demo["train"]["methods"])
 
     train_s = sum(s["seconds"] for s in stages if s["stage"].startswith("train@"))
     result = {
@@ -122,10 +122,15 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def _test_quality(models: Path) -> dict[str, dict[str, float]]:
+def _test_quality(models: Path, methods: list[str]) -> dict[str, dict[str, float]]:
     """Test G-Mean and accuracy of every run, from its ``metrics.json`` (the stage contract)."""
     quality = {}
-    for path in sorted(models.glob("*/metrics.json")):
+
+    def order(path: Path) -> tuple[str, int]:  # scenario, then the order of train.methods
+        scenario, method = path.parent.name.rsplit("-", 1)
+        return scenario, methods.index(method)
+
+    for path in sorted(models.glob("*/metrics.json"), key=order):
         test = json.loads(path.read_text())["test"]
         quality[path.parent.name] = {k: round(test[k], 3) for k in ("g_mean", "accuracy")}
     return quality
@@ -133,7 +138,7 @@ def _test_quality(models: Path) -> dict[str, dict[str, float]]:
 
 def _quality_table(quality: dict[str, dict[str, float]]) -> list[str]:
     """What the demo shows: test G-Mean (accuracy) per scenario, one column per method."""
-    runs = [name.split("-", 1) for name in quality]
+    runs = [name.rsplit("-", 1) for name in quality]
     scenarios = sorted({s for s, _ in runs})
     methods = list(dict.fromkeys(m for _, m in runs))
     lines = [
