@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 
 from aider_edge.edge.latency import LatencyError, LatencyProfile, host_cores, measure_latency
+from contracts import LATENCY_ENTRY_KEYS
 from edge_helpers import save_model
 
-CONTRACT_KEYS = {
-    "profile",
-    "threads",
-    "p50_ms",
-    "p90_ms",
-    "p99_ms",
-    "budget_ms",
-    "passed",
+CONTRACT_KEYS = LATENCY_ENTRY_KEYS | {
     "host_p50_ms",
     "host_p90_ms",
     "host_p99_ms",

@@ -8,18 +8,7 @@ import math
 import pytest
 
 from aider_edge.metrics import classification_metrics
-
-KEYS = {
-    "accuracy",
-    "g_mean",
-    "macro_f1",
-    "balanced_accuracy",
-    "mcc",
-    "f1_variance",
-    "f1_per_class",
-    "recall_per_class",
-    "confusion_matrix",
-}
+from contracts import METRICS_BLOCK_KEYS
 
 
 def test_hand_worked_two_classes() -> None:
@@ -29,7 +18,7 @@ def test_hand_worked_two_classes() -> None:
     # MCC (binary) = (TP*TN - FP*FN) / sqrt(...) with b positive: TP 1, TN 2, FP 0, FN 1
     #   = (2 - 0) / sqrt(1 * 2 * 2 * 3) = 2 / sqrt(12) = 1 / sqrt(3).
     m = classification_metrics([0, 0, 1, 1], [0, 0, 0, 1], ["a", "b"])
-    assert set(m) == KEYS
+    assert set(m) == METRICS_BLOCK_KEYS
     assert m["accuracy"] == pytest.approx(0.75)
     assert m["g_mean"] == pytest.approx(math.sqrt(0.5))
     assert m["recall_per_class"] == pytest.approx({"a": 1.0, "b": 0.5})

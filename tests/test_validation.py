@@ -22,17 +22,8 @@ from aider_edge.validation import (
     parity,
 )
 from conftest import REPO_ROOT, TINY_PROJECT, edit_params, run_command
+from contracts import LATENCY_ENTRY_KEYS, PARITY_KEYS
 from export_project import copy_project, exported_project, project_params
-
-PARITY_KEYS = {
-    "top1_agreement",
-    "max_abs_logit_diff",
-    "accuracy_torch",
-    "accuracy_onnx",
-    "g_mean_torch",
-    "g_mean_onnx",
-}
-LATENCY_KEYS = {"profile", "threads", "p50_ms", "p90_ms", "p99_ms", "budget_ms", "passed"}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +43,7 @@ def test_validate_passes_and_writes_the_contract(exported, tmp_path):
     assert report["parity"]["images"] == 20  # the whole test split: 4 per class
     assert [e["profile"] for e in report["latency"]] == ["host", "raspberry_pi_4"]
     for entry in report["latency"]:
-        assert entry.keys() >= LATENCY_KEYS and entry["runs"] >= 200
+        assert entry.keys() >= LATENCY_ENTRY_KEYS and entry["runs"] >= 200
     assert report["latency"][1]["estimated"] is True and report["latency"][0]["estimated"] is False
 
     block = report["int8"]

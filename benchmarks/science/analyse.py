@@ -202,20 +202,12 @@ def _save(fig: Figure, path: Path) -> None:
 def bars_figure(summary, scenarios, methods, metric, title) -> Figure:
     fig = _figure(11, 4.2)
     ax = fig.add_subplot()
-    width = 0.8 / len(methods)
     x = np.arange(len(scenarios))
     for i, method in enumerate(methods):
         cells = [summary.get((s, method)) for s in scenarios]
         means = [c[metric][0] if c else np.nan for c in cells]
         stds = [c[metric][1] if c else np.nan for c in cells]
-        ax.bar(
-            x + (i - (len(methods) - 1) / 2) * width,
-            means,
-            width,
-            yerr=stds,
-            capsize=2,
-            label=method,
-        )
+        _grouped_bars(ax, x, i, len(methods), means, stds, method, capsize=2)
     ax.set_xticks(x, scenarios)
     ax.set_xlabel("scenario (s1 most imbalanced, s5 balanced)")
     ax.set_ylabel(f"test {LABELS[metric]}")
@@ -225,9 +217,15 @@ def bars_figure(summary, scenarios, methods, metric, title) -> Figure:
     return fig
 
 
+def _grouped_bars(ax, x, index: int, count: int, means, stds, label: str, capsize: float) -> None:
+    """Bar ``index`` of ``count`` side by side at each ``x``, with a standard-deviation whisker."""
+    width = 0.8 / count
+    offset = (index - (count - 1) / 2) * width
+    ax.bar(x + offset, means, width, yerr=stds, capsize=capsize, label=label)
+
+
 def per_class_figure(summary, scenarios, methods, classes, title) -> Figure:
     fig = _figure(12, 2.4 * len(scenarios))
-    width = 0.8 / len(methods)
     x = np.arange(len(classes))
     for row, scenario in enumerate(scenarios):
         ax = fig.add_subplot(len(scenarios), 1, row + 1)
@@ -237,14 +235,7 @@ def per_class_figure(summary, scenarios, methods, classes, title) -> Figure:
                 continue
             means = [cell["f1_per_class"][c][0] for c in classes]
             stds = [cell["f1_per_class"][c][1] for c in classes]
-            ax.bar(
-                x + (i - (len(methods) - 1) / 2) * width,
-                means,
-                width,
-                yerr=stds,
-                capsize=1.5,
-                label=method,
-            )
+            _grouped_bars(ax, x, i, len(methods), means, stds, method, capsize=1.5)
         ax.set_xticks(x, [c.replace("_", " ") for c in classes])
         ax.set_ylabel(f"{scenario}: F1")
         ax.set_ylim(0, 1)

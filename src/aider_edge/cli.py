@@ -334,14 +334,22 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--rollback", action="store_true", help="move champion back one step")
     promote.set_defaults(func=cmd_promote)
 
+    # predict and bench both run a bundle's model on this machine.
+    on_bundle = argparse.ArgumentParser(add_help=False)
+    on_bundle.add_argument("--bundle", required=True, help="bundle folder")
+    on_bundle.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="intra-op threads (default: predict all cores, bench the profile's)",
+    )
+
     predict = sub.add_parser(
         "predict",
+        parents=[on_bundle],
         help="classify images with a bundle (one JSON line per image)",
         description="Classify images with a drone bundle: one JSON line per image; exit 0 if "
         "all were classified, 1 if any failed, 2 if the bundle is bad.",
     )
-    predict.add_argument("--bundle", required=True, help="bundle folder")
-    predict.add_argument("--threads", type=_positive_int, help="intra-op threads (default: all)")
     predict.add_argument(
         "--max-pixels",
         type=_positive_int,
@@ -353,13 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
+        parents=[on_bundle],
         help="measure the bundle's latency here (on the drone) and write the JSON report",
         description="Batch-1 latency of the bundle's model on this machine, as validate reports "
         "it; exit 1 when p90 is over the budget.",
     )
-    bench.add_argument("--bundle", required=True, help="bundle folder")
     bench.add_argument("--profile", help="a profile from the bundle's validation figures")
-    bench.add_argument("--threads", type=_positive_int, help="intra-op threads")
     bench.add_argument("--budget-ms", type=float, help="p90 budget in ms")
     bench.add_argument("--runs", type=_positive_int, default=200, help="default: %(default)s")
     bench.add_argument("--warmup", type=int, default=20, help="default: %(default)s")

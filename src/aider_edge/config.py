@@ -220,20 +220,22 @@ class ModelConfig(_Section):
     projection_dim: PositiveInt = 128
 
 
+# The training methods (losses.py implements each); here so that params validate without torch.
+Method = Literal[
+    "baseline",
+    "adaptive",
+    "wce",
+    "supcon_fixed",
+    "logit_adjusted",
+    "ldam_drw",
+    "cb_focal",
+]
+
+
 class TrainConfig(_Section):
     scenarios: list[str] | None = None
     """Scenarios to train (the DVC matrix); ``None`` = every scenario of ``split.scenarios``."""
-    methods: list[
-        Literal[
-            "baseline",
-            "adaptive",
-            "wce",
-            "supcon_fixed",
-            "logit_adjusted",
-            "ldam_drw",
-            "cb_focal",
-        ]
-    ] = Field(default_factory=lambda: ["baseline", "adaptive"], min_length=1)
+    methods: list[Method] = Field(default_factory=lambda: ["baseline", "adaptive"], min_length=1)
     epochs: PositiveInt = 8
     batch_size: Annotated[int, Field(ge=2)] = 32
     lr: PositiveFloat = 1e-3

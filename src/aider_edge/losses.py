@@ -15,20 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-METHODS = (
-    "baseline",
-    "adaptive",
-    "wce",
-    "supcon_fixed",
-    "logit_adjusted",
-    "ldam_drw",
-    "cb_focal",
-)
+from aider_edge.config import Method
+
+METHODS: tuple[str, ...] = get_args(Method)
 
 # Methods whose loss has a SupCon term (and therefore need projections, tau and lambda).
 CONTRASTIVE_METHODS = ("adaptive", "supcon_fixed")

@@ -1,0 +1,39 @@
+"""The JSON keys that DESIGN.md's stage contracts promise, written once for every test to check.
+
+Kept in the tests (not imported from the package) so that a key renamed in the code fails a test
+instead of silently moving the contract.
+"""
+
+from __future__ import annotations
+
+# metrics.json: the "val" and "test" blocks of every training run.
+METRICS_BLOCK_KEYS = frozenset(
+    {
+        "accuracy",
+        "g_mean",
+        "macro_f1",
+        "balanced_accuracy",
+        "mcc",
+        "f1_variance",
+        "f1_per_class",
+        "recall_per_class",
+        "confusion_matrix",
+    }
+)
+
+# validation.json "latency" entries and the edge runtime's `bench` report (at least these).
+LATENCY_ENTRY_KEYS = frozenset(
+    {"profile", "threads", "p50_ms", "p90_ms", "p99_ms", "budget_ms", "passed"}
+)
+
+# validation.json "parity" (fp32) and "int8" blocks.
+PARITY_KEYS = frozenset(
+    {
+        "top1_agreement",
+        "max_abs_logit_diff",
+        "accuracy_torch",
+        "accuracy_onnx",
+        "g_mean_torch",
+        "g_mean_onnx",
+    }
+)
