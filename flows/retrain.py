@@ -39,6 +39,8 @@ from typing import Any
 # Prefect's temporary server sends a usage heartbeat; offline (drones' ground stations, CI) it
 # fails against its own SQLite store and prints a traceback mid-run. Opt out unless a user set it.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Likewise MLflow's usage telemetry (1 s request timeouts offline, in every stage process).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE

@@ -380,3 +380,16 @@ def test_report_files_are_logged_into_a_report_run(store, project, tmp_path):
         "report/summary.md",
         "report/metrics.csv",
     }
+
+
+def test_cli_turns_mlflow_telemetry_off_unless_the_user_chose(monkeypatch, tmp_path, capsys):
+    from aider_edge import cli
+
+    missing = str(tmp_path / "missing.yaml")  # any command: the default is set before it runs
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    assert cli.main(["select", "--params", missing]) == cli.EXIT_USER_ERROR
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")
+    assert cli.main(["select", "--params", missing]) == cli.EXIT_USER_ERROR
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "false"
+    assert "missing.yaml" in capsys.readouterr().err
