@@ -240,7 +240,7 @@ def test_exception_inside_the_run_marks_it_failed(store, project):
     assert got.data.metrics["loss"] == 1.0
 
 
-def test_real_classifier_logs_and_loads_back_with_the_same_logits(store, project):
+def test_real_classifier_logs_and_loads_back_with_the_same_logits(store, project, tmp_path):
     from aider_edge.model import build_model
 
     torch.manual_seed(0)
@@ -262,11 +262,14 @@ def test_real_classifier_logs_and_loads_back_with_the_same_logits(store, project
     assert info.signature.outputs.inputs[0].shape == (-1, 5)
     assert "pytorch" in info.flavors
     # The check log_model skips to save time: the logged input example scores through pyfunc.
-    local = mlflow.artifacts.download_artifacts(model_uri)
-    serving_input = mlflow.models.Model.load(local).get_serving_input(local)
-    assert serving_input is not None
-    served = mlflow.models.validate_serving_input(model_uri, serving_input)
-    assert np.asarray(served).shape == (2, 5)
+    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "model")))
+    example = local / "serving_input_example.json"
+    assert example.is_file()
+    out = tmp_path / "predictions.json"
+    mlflow.models.predict(
+        model_uri, input_path=str(example), output_path=str(out), env_manager="local"
+    )
+    assert np.asarray(json.loads(out.read_text())["predictions"]).shape == (2, 5)
 
 
 def _closed_port() -> int:

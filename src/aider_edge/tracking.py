@@ -49,7 +49,7 @@ MLflow API choices (mlflow 3.17.2)
       requirements by loading the model in a subprocess, which cost ~15 s per run here.
     * ``validate_serving_input=False``: MLflow's check that the logged model scores its input
       example reloads the model (~5 s per run) and only warns when it fails. The tests run the
-      same check (:func:`mlflow.models.validate_serving_input`) and fail instead.
+      same check (:func:`mlflow.models.predict` on the example) and fail instead.
 """
 
 from __future__ import annotations
