@@ -164,3 +164,33 @@ def test_dvc_select_stage_depends_on_every_run_of_the_default_matrix():
     expected = {f"models/{r}/{f}" for r in runs for f in ("metrics.json", "run.json")}
     assert expected <= set(stage["deps"])
     assert {d for d in stage["deps"] if d.startswith("models/")} == expected
+
+
+def test_a_candidate_missing_from_dvc_yaml_select_deps_stops_select(tmp_path):
+    for scenario in ("s1", "s2"):
+        for method in ("baseline", "adaptive"):
+            write_run(tmp_path, scenario, method, g_mean=0.5)
+    listed = [
+        "models/s1-baseline/metrics.json",
+        "models/s1-baseline/run.json",
+        "models/s2-adaptive",
+    ]
+    dvc_yaml = {"stages": {"select": {"cmd": "aider-edge select", "deps": listed}}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml))
+    with pytest.raises(SelectionError) as err:
+        select(two_by_two(), tmp_path)
+    message = str(err.value)
+    assert "s1-adaptive, s2-baseline;" in message and "s1-baseline" not in message
+    assert "add models/<run>/metrics.json" in message
+    assert not (tmp_path / "models" / "selected.json").exists()
+
+    # select.* narrows the candidates to what the stage lists (a run folder counts as listed).
+    narrowed = small_params(
+        train={"scenarios": ["s1", "s2"], "methods": ["baseline", "adaptive"]},
+        select={"scenarios": ["s1", "s2"], "methods": ["baseline"]},
+    )
+    with pytest.raises(SelectionError, match="candidate run\\(s\\) s2-baseline;"):
+        select(narrowed, tmp_path)
+    listed.append("models/s2-baseline")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml))
+    assert select(narrowed, tmp_path)["method"] == "baseline"

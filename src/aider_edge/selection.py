@@ -11,6 +11,8 @@ import json
 import math
 from pathlib import Path
 
+import yaml
+
 from aider_edge import atomic
 from aider_edge.config import Params
 from aider_edge.errors import AiderEdgeError
@@ -19,6 +21,7 @@ MODELS_DIR = Path("models")
 SELECTED = MODELS_DIR / "selected.json"
 CHECKPOINT = "model.pt"
 RANK_KEYS = ("val_g_mean", "val_f1_variance", "val_accuracy")
+RUN_FILES = ("metrics.json", "run.json")  # what select reads of a run (and depends on in dvc.yaml)
 
 
 class SelectionError(AiderEdgeError):
@@ -59,7 +62,7 @@ def read_candidate(root: Path, scenario: str, method: str) -> dict:
     """One run's validation figures, run id and checkpoint, as a candidate dict."""
     name = f"{scenario}-{method}"
     run = MODELS_DIR / name
-    needed = [run / "metrics.json", run / "run.json", run / CHECKPOINT]
+    needed = [run / name for name in (*RUN_FILES, CHECKPOINT)]
     missing = [str(p) for p in needed if not (root / p).is_file()]
     if missing:
         raise SelectionError(
@@ -86,9 +89,39 @@ def read_candidate(root: Path, scenario: str, method: str) -> dict:
         ) from None
 
 
+def check_dvc_select_deps(params: Params, root: Path) -> None:
+    """Stop when ``dvc.yaml``'s select stage does not depend on every candidate run.
+
+    DVC cannot expand the train matrix into a dependency list, so the select stage lists the runs
+    by hand. A candidate missing there would not be trained before ``select`` and would not
+    re-trigger it when it changes: the selection would be stale. No ``dvc.yaml``, no check.
+    """
+    path = Path(root) / "dvc.yaml"
+    if not path.is_file():
+        return
+    try:
+        stage = yaml.safe_load(path.read_text(encoding="utf-8"))["stages"]["select"]
+        deps = {str(d) for d in stage.get("deps") or []}
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return  # no select stage to keep in step (DVC itself reports a broken dvc.yaml)
+
+    def listed(run: str) -> bool:  # the run's folder, or each file select reads of it
+        folder = f"{MODELS_DIR.as_posix()}/{run}"
+        return folder in deps or all(f"{folder}/{name}" in deps for name in RUN_FILES)
+
+    missing = [f"{s}-{m}" for s, m in candidate_runs(params) if not listed(f"{s}-{m}")]
+    if missing:
+        raise SelectionError(
+            f"dvc.yaml: the select stage does not depend on candidate run(s) {', '.join(missing)}; "
+            "add models/<run>/metrics.json and models/<run>/run.json of each to its deps, so "
+            "that `dvc repro` trains them before selecting"
+        )
+
+
 def select(params: Params, root: Path) -> dict:
     """Rank the candidate runs and write ``models/selected.json`` (DESIGN.md keys)."""
     root = Path(root)
+    check_dvc_select_deps(params, root)
     candidates = [read_candidate(root, s, m) for s, m in candidate_runs(params)]
     ranked = rank_candidates(candidates)
     best = ranked[0]
