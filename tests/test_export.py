@@ -20,7 +20,7 @@ from aider_edge.export.stage import run_export
 from aider_edge.model import build_model
 from aider_edge.pipeline import SPLITS_DIR, pixel_cache
 from aider_edge.selection import SelectionError, read_selected
-from conftest import small_params
+from conftest import REPO_ROOT, small_params
 from export_project import copy_project, exported_project, project_params
 
 K = 5
@@ -253,3 +253,23 @@ def test_a_checkpoint_of_other_classes_is_refused(project):
     params = small_params(data={"classes": ["a", "b"], "source": "folder"})
     with pytest.raises(AiderEdgeError, match=r"trained on classes .* but data\.classes is"):
         load_classifier(params, project / read_selected(project)["checkpoint"])
+
+
+def test_without_int8_only_fp32_is_written_and_a_stale_int8_model_goes(project, tmp_path):
+    root = copy_project(project, tmp_path / "fp32-only")
+    assert (root / "export" / "model.int8.onnx").is_file()  # from the int8 export before
+    report = run_export(project_params(root, export={"int8": False}), root)
+    assert "int8" not in report and report["fp32"]["file"] == "model.onnx"
+    assert (root / "export" / "model.onnx").is_file()
+    assert not (root / "export" / "model.int8.onnx").exists()
+    assert json.loads((root / "export" / "export.json").read_text()) == report
+
+
+def test_without_int8_a_dvc_yaml_that_still_declares_it_stops_export_first(tmp_path):
+    (tmp_path / "dvc.yaml").write_bytes((REPO_ROOT / "dvc.yaml").read_bytes())
+    # Stops before reading models/selected.json (there is none here) or exporting anything.
+    with pytest.raises(AiderEdgeError, match=r"export\.int8 is false but dvc\.yaml declares"):
+        run_export(small_params(export={"int8": False}), tmp_path)
+    assert not (tmp_path / "export").exists()
+    with pytest.raises(SelectionError, match=r"selected\.json not found"):  # int8 on: no objection
+        run_export(small_params(), tmp_path)

@@ -10,7 +10,13 @@ import yaml
 
 from aider_edge import atomic, cli
 from aider_edge.config import load_params
-from aider_edge.selection import SelectionError, rank_candidates, read_selected, select
+from aider_edge.selection import (
+    SelectionError,
+    check_dvc_select_deps,
+    rank_candidates,
+    read_selected,
+    select,
+)
 from conftest import REPO_ROOT, small_params
 
 
@@ -164,6 +170,11 @@ def test_dvc_select_stage_depends_on_every_run_of_the_default_matrix():
     expected = {f"models/{r}/{f}" for r in runs for f in ("metrics.json", "run.json")}
     assert expected <= set(stage["deps"])
     assert {d for d in stage["deps"] if d.startswith("models/")} == expected
+    # select's own check agrees, and names what a wider matrix would miss.
+    check_dvc_select_deps(params, REPO_ROOT)
+    wider = small_params(train={"methods": ["baseline", "adaptive", "wce"]})
+    with pytest.raises(SelectionError, match="s1-wce, s2-wce, s3-wce, s4-wce, s5-wce;"):
+        check_dvc_select_deps(wider, REPO_ROOT)
 
 
 def test_a_candidate_missing_from_dvc_yaml_select_deps_stops_select(tmp_path):

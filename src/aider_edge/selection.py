@@ -11,10 +11,9 @@ import json
 import math
 from pathlib import Path
 
-import yaml
-
 from aider_edge import atomic
 from aider_edge.config import Params
+from aider_edge.dvc_stages import declared_paths
 from aider_edge.errors import AiderEdgeError
 
 MODELS_DIR = Path("models")
@@ -96,14 +95,9 @@ def check_dvc_select_deps(params: Params, root: Path) -> None:
     by hand. A candidate missing there would not be trained before ``select`` and would not
     re-trigger it when it changes: the selection would be stale. No ``dvc.yaml``, no check.
     """
-    path = Path(root) / "dvc.yaml"
-    if not path.is_file():
+    deps = declared_paths(root, "select", "deps")
+    if deps is None:
         return
-    try:
-        stage = yaml.safe_load(path.read_text(encoding="utf-8"))["stages"]["select"]
-        deps = {str(d) for d in stage.get("deps") or []}
-    except (yaml.YAMLError, KeyError, TypeError, AttributeError):
-        return  # no select stage to keep in step (DVC itself reports a broken dvc.yaml)
 
     def listed(run: str) -> bool:  # the run's folder, or each file select reads of it
         folder = f"{MODELS_DIR.as_posix()}/{run}"

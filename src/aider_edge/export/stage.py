@@ -18,6 +18,8 @@ import onnx
 
 from aider_edge import atomic
 from aider_edge.config import Params
+from aider_edge.dvc_stages import declared_paths
+from aider_edge.errors import AiderEdgeError
 from aider_edge.export import graph, int8, onnx_export
 from aider_edge.export.checkpoint import load_classifier, model_inputs
 from aider_edge.selection import read_selected
@@ -40,10 +42,24 @@ def data_hash(root: Path, train_csv: Path) -> str:
     return "sha256:" + tags[tracking.TAG_TRAIN_SPLIT_SHA256]
 
 
+def check_dvc_int8_out(params: Params, root: Path) -> None:
+    """With ``export.int8: false``, stop before exporting if ``dvc.yaml`` still declares INT8.
+
+    Otherwise DVC would run the whole export and then fail on a missing output.
+    """
+    outs = declared_paths(root, "export", "outs")
+    if not params.export.int8 and outs is not None and INT8_MODEL.as_posix() in outs:
+        raise AiderEdgeError(
+            f"export.int8 is false but dvc.yaml declares {INT8_MODEL.as_posix()} (an out of "
+            "export, a dep of validate): remove both lines, or set export.int8: true"
+        )
+
+
 def run_export(params: Params, root: Path) -> dict:
     from aider_edge import pipeline
 
     root = Path(root)
+    check_dvc_int8_out(params, root)
     cfg = params.export
     selected = read_selected(root)
     classifier = load_classifier(params, root / selected["checkpoint"])
