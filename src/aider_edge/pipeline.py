@@ -84,7 +84,7 @@ def train(
     from aider_edge.data.loader import to_batch_tensor
     from aider_edge.errors import ConfigError
     from aider_edge.progress import training_bar
-    from aider_edge.training import CHECKPOINT, RunData, evaluate, fit_summary
+    from aider_edge.training import CHECKPOINT, RunData, evaluate, fit_summary, images_per_epoch
     from aider_edge.training import train as fit
 
     if scenario not in params.split.scenarios:
@@ -115,7 +115,7 @@ def train(
                 training_bar(
                     f"{scenario}-{method}",
                     params.train.epochs,
-                    _images_per_epoch(params, method, len(data.train)),
+                    images_per_epoch(params, method, len(data.train)),
                 )
             )
             if progress.training
@@ -153,13 +153,6 @@ def train(
         run.write_run_json(out_dir)
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
     return metrics
-
-
-def _images_per_epoch(params: Params, method: str, n_train: int) -> int:
-    from aider_edge.losses import CONTRASTIVE_METHODS
-
-    two_views = params.train.positives == "two_views" and method in CONTRASTIVE_METHODS
-    return n_train * (2 if two_views else 1)  # two views: every image goes through twice
 
 
 REPORTS_DIR = Path("reports")

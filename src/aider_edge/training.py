@@ -139,7 +139,7 @@ def train(
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    positives = tc.positives if method in CONTRASTIVE_METHODS else "none"
+    positives = method_positives(params, method)
     steps_per_epoch = _steps_per_epoch(len(data.train), tc.batch_size, positives)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=tc.lr, total_steps=tc.epochs * steps_per_epoch, pct_start=0.15
@@ -227,7 +227,7 @@ def train_one_epoch(
     model.train()
     totals = {"loss": 0.0, "ce": 0.0, "supcon": 0.0}
     seen = 0
-    positives = params.train.positives if method in CONTRASTIVE_METHODS else "none"
+    positives = method_positives(params, method)
     for step, (images, labels) in enumerate(_batches(split, params, positives, shuffle_gen)):
         x = augment_and_normalize(images, augment_gen)
         if positives == "two_views":  # a second, independent augmentation of the same images
@@ -267,6 +267,16 @@ def train_one_epoch(
         if on_step is not None:
             on_step(n, floats["total"])
     return {key: value / max(seen, 1) for key, value in totals.items()}
+
+
+def method_positives(params: Params, method: str) -> str:
+    """``train.positives`` for a method with a SupCon term; plain batches (``none``) otherwise."""
+    return params.train.positives if method in CONTRASTIVE_METHODS else "none"
+
+
+def images_per_epoch(params: Params, method: str, n_train: int) -> int:
+    """Images the model sees per epoch: with two views every image goes through twice."""
+    return n_train * (2 if method_positives(params, method) == "two_views" else 1)
 
 
 def _steps_per_epoch(n: int, batch_size: int, positives: str) -> int:
