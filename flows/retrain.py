@@ -54,7 +54,6 @@ from aider_edge.workspace_lock import workspace_lock
 FLOW_NAME = "aider-edge-retrain"
 EXPORT_DIR = Path("export")
 VALIDATION_FILE = EXPORT_DIR / "validation.json"
-FP32_FILE = "model.onnx"
 USER_ERROR_EXIT = 2  # aider-edge's exit code for a problem the user must fix: retrying is futile
 VERSIONED_FILES = ("dvc.lock", "dvc.yaml", "params.yaml")
 
@@ -248,7 +247,7 @@ def version_data(root: str, params: Params, ran: list[str]) -> dict[str, Any]:
 def drone_model(root: Path, validation: dict) -> Path:
     """The exported model the drone will run, by the rule of ``aider-edge bundle --model auto``:
     the one validate named (``deploy.model``), else INT8 when validate kept it, else fp32."""
-    from aider_edge.bundling import deployed_model_name
+    from aider_edge.bundling import FP32_FILE, deployed_model_name
 
     path = root / EXPORT_DIR / deployed_model_name(validation)
     return path if path.is_file() else root / EXPORT_DIR / FP32_FILE

@@ -48,7 +48,6 @@ class TrainingBar:
     def __init__(self, description: str, epochs: int, images_per_epoch: int) -> None:
         from tqdm import tqdm
 
-        self._tqdm = tqdm
         self.epochs = epochs
         self._bar = tqdm(
             desc=description,
