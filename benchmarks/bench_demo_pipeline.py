@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from aider_edge.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -79,8 +79,9 @@ def main() -> None:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
         ).stdout.strip()
-        demo = yaml.safe_load((repo / "params.yaml").read_text())
-        quality = _test_quality(repo / "models", demo["train"]["methods"])
+        params = load_params(repo / "params.yaml")
+        scenarios, methods = params.trained_scenarios, params.train.methods
+        quality = _test_quality(repo / "models", scenarios, methods)
 
     train_s = sum(s["seconds"] for s in stages if s["stage"].startswith("train@"))
     result = {
@@ -93,10 +94,10 @@ def main() -> None:
         "cores": os.cpu_count(),
         "commit": commit,
         "demo": {
-            "train_size": demo["split"]["train_size"],
-            "epochs": demo["train"]["epochs"],
-            "image_size": demo["data"]["image_size"],
-            "positives": demo["train"]["positives"],
+            "train_size": params.split.train_size,
+            "epochs": params.train.epochs,
+            "image_size": params.data.image_size,
+            "positives": params.train.positives,
         },
         "stages": stages,
         "test_quality": quality,
@@ -116,31 +117,30 @@ def main() -> None:
         "|---|---:|",
         *(f"| {s['stage']} | {s['seconds']} |" for s in stages),
         "",
-        *_quality_table(quality),
+        *_quality_table(quality, scenarios, methods),
     ]
     (RESULTS / "demo_pipeline.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
-def _test_quality(models: Path, methods: list[str]) -> dict[str, dict[str, float]]:
-    """Test G-Mean and accuracy of every run, from its ``metrics.json`` (the stage contract)."""
+def _test_quality(
+    models: Path, scenarios: list[str], methods: list[str]
+) -> dict[str, dict[str, float]]:
+    """Test G-Mean and accuracy of every finished run, from its ``metrics.json``."""
     quality = {}
-
-    def order(path: Path) -> tuple[str, int]:  # scenario, then the order of train.methods
-        scenario, method = path.parent.name.rsplit("-", 1)
-        return scenario, methods.index(method)
-
-    for path in sorted(models.glob("*/metrics.json"), key=order):
-        test = json.loads(path.read_text())["test"]
-        quality[path.parent.name] = {k: round(test[k], 3) for k in ("g_mean", "accuracy")}
+    for scenario in scenarios:
+        for method in methods:
+            path = models / f"{scenario}-{method}" / "metrics.json"
+            if path.is_file():  # with --until, later runs have not been trained
+                test = json.loads(path.read_text())["test"]
+                quality[path.parent.name] = {k: round(test[k], 3) for k in ("g_mean", "accuracy")}
     return quality
 
 
-def _quality_table(quality: dict[str, dict[str, float]]) -> list[str]:
+def _quality_table(
+    quality: dict[str, dict[str, float]], scenarios: list[str], methods: list[str]
+) -> list[str]:
     """What the demo shows: test G-Mean (accuracy) per scenario, one column per method."""
-    runs = [name.rsplit("-", 1) for name in quality]
-    scenarios = sorted({s for s, _ in runs})
-    methods = list(dict.fromkeys(m for _, m in runs))
     lines = [
         "Test G-Mean (accuracy) of each run: the paper's effect should show as adaptive above "
         "baseline in the imbalanced scenarios.",
