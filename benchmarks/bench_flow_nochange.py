@@ -57,12 +57,6 @@ def make_project(repo: Path, env: dict) -> None:
     shutil.copytree(ROOT / "data" / "source", repo / "data" / "source")
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
-    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
-    select = dvc_yaml["stages"].get("select")
-    if select is not None:  # select lists its candidate runs: this project trains one
-        kept = [d for d in select["deps"] if not str(d).startswith("models/")]
-        select["deps"] = ["models/s1-baseline/metrics.json", "models/s1-baseline/run.json", *kept]
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     params = deep_update(yaml.safe_load((repo / "params.yaml").read_text()), PARAMS)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q", "-b", "main"], ["dvc", "init", "-q"], ["git", "add", "-A"]):

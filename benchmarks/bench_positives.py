@@ -30,9 +30,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from aider_edge import pipeline  # noqa: E402
+from aider_edge import layout  # noqa: E402
 from aider_edge.config import parse_params  # noqa: E402
+from aider_edge.data.cache import workspace_cache  # noqa: E402
 from aider_edge.data.loader import iterate_batches, iterate_paired_batches  # noqa: E402
+from aider_edge.stages import ingest as ingest_stage  # noqa: E402
+from aider_edge.stages import split as split_stage  # noqa: E402
 from aider_edge.training import RunData  # noqa: E402
 from aider_edge.training import train as fit  # noqa: E402
 
@@ -94,11 +97,11 @@ def main() -> None:
         root = Path(tmp)
         params = project_params(args.size, args.epochs, 0, "paired")
         print("rendering and ingesting the synthetic pool ...", flush=True)
-        pipeline.ingest(params, root)
-        pipeline.split(params, root)
-        cache = pipeline.pixel_cache(params, root)
+        ingest_stage.run(params, root)
+        split_stage.run(params, root)
+        cache = workspace_cache(root, params.data.image_size, params.data.max_pixels)
         classes = params.data.classes
-        splits = root / pipeline.SPLITS_DIR
+        splits = root / layout.SPLITS_DIR
         data = RunData(
             cache.open_split(splits / "train_s1.csv", classes),
             cache.open_split(splits / "val.csv", classes),

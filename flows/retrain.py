@@ -4,7 +4,7 @@
     python flows/retrain.py --serve          # runs on flow.cron (params.yaml) until stopped
     prefect deploy --all                     # the same flow for a work pool (prefect.yaml)
 
-The stage graph lives only in ``dvc.yaml``: the flow asks DVC for it (``Repo.index.graph``) and
+The stage graph lives only in ``dvc.yaml``: the flow asks DVC for it (:mod:`aider_edge.dvc_graph`) and
 runs each stage as its own Prefect task, in dependency order, with ``dvc repro --single-item``, so
 DVC still decides what a stage reads and writes and records it in ``dvc.lock``. Right before a
 stage would run, ``dvc status`` of that stage says whether anything it depends on changed; an
@@ -26,7 +26,6 @@ temporary local server for the run).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -46,16 +45,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from aider_edge import registry, tracking
+from aider_edge import dvc_graph, layout, lineage, registry, tracking
+from aider_edge.bundling import deployed_model_name
 from aider_edge.config import Params, load_params
 from aider_edge.errors import AiderEdgeError
 from aider_edge.workspace_lock import workspace_lock
 
 FLOW_NAME = "aider-edge-retrain"
-EXPORT_DIR = Path("export")
-VALIDATION_FILE = EXPORT_DIR / "validation.json"
 USER_ERROR_EXIT = 2  # aider-edge's exit code for a problem the user must fix: retrying is futile
-VERSIONED_FILES = ("dvc.lock", "dvc.yaml", "params.yaml")
 
 
 class StageFailed(AiderEdgeError):
@@ -64,75 +61,6 @@ class StageFailed(AiderEdgeError):
     def __init__(self, message: str, user_error: bool) -> None:
         super().__init__(message)
         self.user_error = user_error
-
-
-# --- the graph, from DVC ----------------------------------------------------------------------
-
-
-def stage_order(root: Path) -> list[str]:
-    """Every stage of ``dvc.yaml`` (matrix entries expanded), upstream first.
-
-    Among stages that could run in either order, ``dvc.yaml``'s own order is kept, so the task
-    list reads like the file.
-    """
-    import networkx as nx
-
-    root = Path(root).resolve()
-    with _in_repo(root) as repo:
-        position = {id(stage): i for i, stage in enumerate(repo.index.stages)}
-        # DVC's graph points from a stage to the stages it depends on: reversed, upstream first.
-        upstream_first = repo.index.graph.reverse(copy=True)
-        ordered = nx.lexicographical_topological_sort(
-            upstream_first, key=lambda stage: f"{position.get(id(stage), 0):08d}"
-        )
-        return [_address(stage, root) for stage in ordered]
-
-
-def _address(stage, root: Path) -> str:
-    """The stage as ``dvc repro`` takes it from ``root``: ``name`` for the root ``dvc.yaml``,
-    ``path/dvc.yaml:name`` otherwise (``Stage.addressing`` is relative to the current folder)."""
-    dvcfile = Path(stage.path).resolve()
-    if dvcfile == root / "dvc.yaml":
-        return stage.name
-    return f"{dvcfile.relative_to(root).as_posix()}:{stage.name}"
-
-
-def stage_changes(root: Path, stage: str) -> dict[str, Any]:
-    """``dvc status`` of one stage: empty when it is up to date."""
-    with _in_repo(Path(root).resolve()) as repo:
-        return repo.status(targets=[stage])
-
-
-@contextlib.contextmanager
-def _in_repo(root: Path):
-    """DVC's Python API inside ``root``: DVC resolves dvc.yaml paths against the working folder,
-    so it is entered for the call (the flow runs its tasks one after the other in one thread)."""
-    from dvc.repo import Repo
-
-    with contextlib.chdir(root), Repo(str(root)) as repo:
-        yield repo
-
-
-def _dvc_env() -> dict[str, str]:
-    # The stages run `aider-edge` and DVC from this interpreter's environment.
-    bin_dir = str(Path(sys.executable).parent)
-    return os.environ | {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-def _dvc() -> str:
-    local = Path(sys.executable).parent / "dvc"
-    return str(local) if local.exists() else "dvc"
-
-
-def _error_line(stage: str, output: str, code: int) -> str:
-    """The stage's own one-line error (``aider-edge <cmd>: error: ...``), else DVC's."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    own = [line for line in lines if re.match(r"aider-edge [\w-]+: error: ", line)]
-    if own:
-        return f"stage {stage} failed: {own[-1]}"
-    dvc_errors = [line for line in lines if line.startswith("ERROR")]
-    last = dvc_errors[-1] if dvc_errors else (lines[-1] if lines else "no output")
-    return f"stage {stage} failed (exit {code}): {last}"
 
 
 # --- tasks ------------------------------------------------------------------------------------
@@ -158,7 +86,7 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
 def run_stage(root: str, stage: str):
     """One DVC stage: skipped when ``dvc status`` finds it up to date, else ``dvc repro``."""
     logger = get_run_logger()
-    changes = stage_changes(Path(root), stage)
+    changes = dvc_graph.stage_changes(Path(root), stage)
     if not changes:
         logger.info("%s is up to date: skipped", stage)
         return Completed(
@@ -170,14 +98,15 @@ def run_stage(root: str, stage: str):
     started = time.monotonic()
     # Streamed line by line into the task's log, so a long stage shows its progress as it runs.
     with subprocess.Popen(
-        [_dvc(), "repro", "--single-item", stage],
+        [dvc_graph.dvc_executable(), "repro", "--single-item", stage],
         cwd=root,
-        env=_dvc_env(),
+        env=dvc_graph.dvc_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
     ) as proc:
+        assert proc.stdout is not None  # stdout=PIPE
         lines = []
         for line in proc.stdout:
             line = line.rstrip()
@@ -188,57 +117,24 @@ def run_stage(root: str, stage: str):
     if code != 0:
         output = "\n".join(lines)
         user_error = re.search(rf"exited with {USER_ERROR_EXIT}\b", output) is not None
-        raise StageFailed(_error_line(stage, output, code), user_error)
+        raise StageFailed(dvc_graph.error_line(stage, output, code), user_error)
     seconds = round(time.monotonic() - started, 1)
     logger.info("%s ran in %.1f s", stage, seconds)
     return {"stage": stage, "ran": True, "seconds": seconds}
-
-
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, text=True, check=False
-    )
 
 
 @task(name="version-data", cache_policy=NO_CACHE)
 def version_data(root: str, params: Params, ran: list[str]) -> dict[str, Any]:
     """Commit the new ``dvc.lock`` (and params) to git and push the outputs to the DVC remote."""
     logger = get_run_logger()
-    root_path = Path(root)
     result: dict[str, Any] = {"git_commit": None, "pushed": False}
     if params.dvc.commit_to_git:
-        if _git(root_path, "rev-parse", "--git-dir").returncode != 0:
-            raise AiderEdgeError(
-                f"dvc.commit_to_git is true but {root} is not a git checkout: "
-                "run the flow in a clone or set dvc.commit_to_git: false"
-            )
-        paths = [p for p in VERSIONED_FILES if (root_path / p).exists()]
-        # DVC (core.autostage) stages the .gitignore files it edits for new outputs.
-        staged = _git(root_path, "diff", "--cached", "--name-only").stdout.split()
-        paths += [p for p in staged if Path(p).name == ".gitignore"]
-        _git(root_path, "add", "--", *paths)
-        if _git(root_path, "diff", "--cached", "--quiet", "--", *paths).returncode != 0:
-            message = f"retrain: data and params versions after {', '.join(ran)}"
-            done = _git(root_path, "commit", "-q", "-m", message, "--", *paths)
-            if done.returncode != 0:
-                raise AiderEdgeError(
-                    f"git commit of {', '.join(paths)} failed: {done.stderr.strip()}; "
-                    "set user.name/user.email or dvc.commit_to_git: false"
-                )
-            result["git_commit"] = tracking.git_commit(root_path)
-            logger.info("committed %s as %s", ", ".join(paths), result["git_commit"])
+        result["git_commit"] = lineage.commit_versions(Path(root), ran)
+        if result["git_commit"]:
+            logger.info("committed the data and params versions as %s", result["git_commit"])
     if params.dvc.push:
         remote = os.environ.get("AIDER_EDGE_DVC_REMOTE") or params.dvc.remote
-        cmd = [_dvc(), "push", *(["-r", remote] if remote else [])]
-        done = subprocess.run(
-            cmd, cwd=root, env=_dvc_env(), capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            raise AiderEdgeError(
-                f"dvc push{' -r ' + remote if remote else ''} failed: "
-                f"{_error_line('push', done.stdout + done.stderr, done.returncode)}; "
-                "check the remote (dvc remote list) and its credentials"
-            )
+        lineage.push_outputs(Path(root), remote)
         result["pushed"] = True
         logger.info("pushed the outputs to the DVC remote %s", remote or "(default)")
     return result
@@ -247,16 +143,18 @@ def version_data(root: str, params: Params, ran: list[str]) -> dict[str, Any]:
 def drone_model(root: Path, validation: dict) -> Path:
     """The exported model the drone will run, by the rule of ``aider-edge bundle --model auto``:
     the one validate named (``deploy.model``), else INT8 when validate kept it, else fp32."""
-    from aider_edge.bundling import FP32_FILE, deployed_model_name
+    path = root / layout.EXPORT_DIR / deployed_model_name(validation)
+    return path if path.is_file() else root / layout.FP32_MODEL
 
-    path = root / EXPORT_DIR / deployed_model_name(validation)
-    return path if path.is_file() else root / EXPORT_DIR / FP32_FILE
+
+def _validation(root: Path) -> dict[str, Any]:
+    return dict(json.loads((root / layout.VALIDATION).read_text(encoding="utf-8")))
 
 
 @task(name="register", cache_policy=NO_CACHE)
 def register(root: str, params: Params) -> dict[str, Any]:
     root_path = Path(root)
-    validation = json.loads((root_path / VALIDATION_FILE).read_text(encoding="utf-8"))
+    validation = _validation(root_path)
     reg = registry.register_challenger(
         params, root_path, drone_model(root_path, validation), validation=validation
     )
@@ -266,7 +164,7 @@ def register(root: str, params: Params) -> dict[str, Any]:
 @task(name="promote", cache_policy=NO_CACHE)
 def promote(root: str, params: Params, version: str) -> dict[str, Any]:
     root_path = Path(root)
-    validation = json.loads((root_path / VALIDATION_FILE).read_text(encoding="utf-8"))
+    validation = _validation(root_path)
     decision = registry.promote(params, root_path, version, validation=validation)
     get_run_logger().info("v%s: %s (%s)", version, decision.decision, decision.reason)
     return decision.as_dict()
@@ -299,11 +197,11 @@ def retrain(project_dir: str = ".", publish_bundle: bool = True) -> dict[str, An
     logger = get_run_logger()
     started = time.monotonic()
     root = Path(project_dir).resolve()
-    params = load_params(root / "params.yaml")
+    params = load_params(root / layout.PARAMS_FILE)
     with workspace_lock(root, timeout_s=params.flow.lock_timeout_s, label=FLOW_NAME):
         # Before any stage: a store that is down must not cost a training run.
         tracking.check_tracking_server(tracking.resolve_tracking_uri(params.mlflow, root))
-        stages = stage_order(root)
+        stages = dvc_graph.stage_order(root)
         stage_task = run_stage.with_options(
             retries=params.flow.stage_retries, retry_delay_seconds=params.flow.retry_delay_s
         )
@@ -316,7 +214,7 @@ def retrain(project_dir: str = ".", publish_bundle: bool = True) -> dict[str, An
 
         if ran:
             summary["versioning"] = version_data(str(root), params, ran)
-        if "export" not in stages or not (root / VALIDATION_FILE).is_file():
+        if "export" not in stages or not (root / layout.VALIDATION).is_file():
             logger.warning("dvc.yaml has no export/validate outputs yet: nothing to register")
             summary["registration"] = None
         else:
@@ -370,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # Checked before Prefect starts (its temporary server alone takes seconds).
-        params = load_params(Path(args.project_dir) / "params.yaml")
+        params = load_params(Path(args.project_dir) / layout.PARAMS_FILE)
         if args.serve:
             retrain.serve(
                 name=FLOW_NAME,

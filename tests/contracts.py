@@ -1,4 +1,4 @@
-"""The JSON keys that DESIGN.md's stage contracts promise, written once for every test to check.
+"""The JSON keys that the stage contracts (docs/architecture.md) promise, written once for every test to check.
 
 Kept in the tests (not imported from the package) so that a key renamed in the code fails a test
 instead of silently moving the contract.

@@ -13,8 +13,8 @@ from unittest import mock
 
 import pytest
 
-from aider_edge import pipeline
 from aider_edge.config import Params
+from aider_edge.stages import export, ingest, select, split, train
 from conftest import small_params
 
 _BUILT: dict[str, Path] = {}
@@ -43,17 +43,17 @@ def project_params(root: Path, **overrides) -> Params:
 
 
 def trained_project(factory: pytest.TempPathFactory) -> Path:
-    """A project with data, one finished run and ``models/selected.json`` (built once)."""
+    """A project with data, one finished run and ``selection/selected.json`` (built once)."""
     if "trained" not in _BUILT:
         root = factory.mktemp("trained")
         params = project_params(root)
         # The run must land in this project's own store, whatever the caller's environment says.
         with mock.patch.dict(os.environ):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
-            pipeline.ingest(params, root)
-            pipeline.split(params, root)
-            pipeline.train(params, root, "s1", "baseline")
-            pipeline.select(params, root)
+            ingest.run(params, root)
+            split.run(params, root)
+            train.run(params, root, "s1", "baseline")
+            select.run(params, root)
         _BUILT["trained"] = root
     return _BUILT["trained"]
 
@@ -63,7 +63,7 @@ def exported_project(factory: pytest.TempPathFactory) -> Path:
     if "exported" not in _BUILT:
         root = factory.mktemp("exported")
         shutil.copytree(trained_project(factory), root, dirs_exist_ok=True)
-        pipeline.export(project_params(root), root)
+        export.run(project_params(root), root)
         _BUILT["exported"] = root
     return _BUILT["exported"]
 

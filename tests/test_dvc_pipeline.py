@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from conftest import edit_params, run_command
 from contracts import METRICS_BLOCK_KEYS
+
+pytestmark = pytest.mark.slow  # real `dvc repro` in a temporary git repository
 
 
 def test_repro_then_nothing_then_only_split(dvc_repo: Path):
@@ -67,3 +71,40 @@ def test_one_matrix_entry_writes_the_contract_files_and_a_tracked_run(dvc_repo: 
     assert run.data.tags["git_commit"] and run.data.tags["dvc_split_md5"].endswith(".dir")
     assert run.data.params["train.epochs"] == "1"
     assert abs(run.data.metrics["test_g_mean"] - metrics["test"]["g_mean"]) < 1e-9
+
+
+def dag_edges(repo: Path) -> set[tuple[str, str]]:
+    """``dvc dag --dot`` as (upstream, downstream) stage pairs."""
+    dot = run_command(["dvc", "dag", "--dot"], repo).stdout
+    return {
+        (a.strip('"'), b.strip('"'))
+        for a, b in re.findall(r'("[^"]+"|\S+)\s*->\s*("[^"]+"|[^\s;]+)', dot)
+    }
+
+
+def test_report_and_select_follow_the_runs_and_not_each_other(dvc_repo: Path):
+    edges = dag_edges(dvc_repo)
+    runs = {f"train@s{i}-{m}" for i in range(1, 6) for m in ("baseline", "adaptive")}
+    for stage in ("report", "select"):
+        assert {a for a, b in edges if b == stage} == runs, stage
+    assert ("select", "report") not in edges and ("report", "select") not in edges
+    assert ("select", "export") in edges and ("export", "validate") in edges
+
+
+def test_a_new_matrix_runs_from_params_alone(dvc_repo: Path):
+    """2 scenarios x 3 methods: only params.yaml changes, dvc.yaml stays as shipped."""
+    dvc_yaml = (dvc_repo / "dvc.yaml").read_bytes()
+    edit_params(
+        dvc_repo,
+        {"train": {"scenarios": ["s1", "s5"], "methods": ["baseline", "adaptive", "wce"]}},
+    )
+    out = run_command(["dvc", "repro", "select", "report"], dvc_repo).stdout
+    runs = [f"{s}-{m}" for s in ("s1", "s5") for m in ("baseline", "adaptive", "wce")]
+    for run in runs:
+        assert f"Running stage 'train@{run}'" in out
+    assert "train@s2" not in out
+    selected = json.loads((dvc_repo / "selection/selected.json").read_text())
+    assert sorted(f"{c['scenario']}-{c['method']}" for c in selected["candidates"]) == sorted(runs)
+    assert (dvc_repo / "reports/summary.md").is_file()
+    assert (dvc_repo / "dvc.yaml").read_bytes() == dvc_yaml
+    assert "Running stage" not in run_command(["dvc", "repro", "select", "report"], dvc_repo).stdout

@@ -20,6 +20,7 @@ from PIL import Image
 
 from aider_edge import registry
 from aider_edge.config import Params
+from aider_edge.digest import sha256_file
 from aider_edge.errors import AiderEdgeError
 from conftest import small_params
 
@@ -135,7 +136,7 @@ def test_register_logs_one_onnx_file_linked_to_the_training_run(project, tmp_pat
     assert aliases(params) == {"challenger": "1"}
     tags = version_tags(params, "1")
     assert tags["run_id"] == run_id and tags["scenario"] == "s1"
-    assert tags["onnx_sha256"] == registry.file_sha256(path)
+    assert tags["onnx_sha256"] == sha256_file(path)
     assert tags["validation_passed"] == "true"
 
     client = mlflow.MlflowClient(params.mlflow.tracking_uri)

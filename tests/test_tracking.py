@@ -21,7 +21,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from aider_edge import atomic, tracking
+from aider_edge import atomic, lineage, tracking
 from aider_edge.config import MlflowConfig
 from aider_edge.errors import AiderEdgeError
 from aider_edge.metrics import classification_metrics
@@ -348,9 +348,9 @@ def test_local_store_folder_must_be_writable(tmp_path):
 def test_lineage_outside_git_and_dvc_and_with_a_stale_lock(tmp_path, project):
     csv = tmp_path / "train_s1.csv"
     csv.write_text("path,label,sha256\na.png,fire,00\n")
-    assert tracking.git_commit(tmp_path) is None
-    assert tracking.dvc_hash(tmp_path, csv) is None
-    assert tracking.lineage_tags(tmp_path, csv) == {
+    assert lineage.git_commit(tmp_path) is None
+    assert lineage.dvc_hash(tmp_path, csv) is None
+    assert lineage.lineage_tags(tmp_path, csv) == {
         "train_split_sha256": hashlib.sha256(csv.read_bytes()).hexdigest()
     }
 
@@ -362,11 +362,11 @@ def test_lineage_outside_git_and_dvc_and_with_a_stale_lock(tmp_path, project):
     (stale / cache).write_bytes((project / cache).read_bytes())
     edited = stale / "data" / "splits" / "train_s1.csv"
     edited.write_text("path,label,sha256\nedited.png,fire,00\n")  # re-split outside DVC
-    assert tracking.dvc_hash(stale, edited) == DIR_MD5
-    tags = tracking.lineage_tags(stale, edited)
+    assert lineage.dvc_hash(stale, edited) == DIR_MD5
+    tags = lineage.lineage_tags(stale, edited)
     assert tags["dvc_lock_stale"] == "true"
     assert "dvc_split_md5" not in tags and "dvc_train_split_md5" not in tags
-    assert tracking.dvc_hash(stale, stale / "elsewhere.csv") is None
+    assert lineage.dvc_hash(stale, stale / "elsewhere.csv") is None
 
 
 def test_report_files_are_logged_into_a_report_run(store, project, tmp_path):

@@ -461,7 +461,7 @@ def main(work: Path, results: Path, datasets: list[str], seeds: int) -> None:
         "weights, which cannot be downloaded here). The budget is sized for a shared 2-core CPU "
         "(see each dataset's line), far below the paper's 224 px / 1,500 images / 30 epochs, so "
         "absolute scores are low. G-Mean is 0 whenever one class is never recognised "
-        "(imbalanced-learn's default, DESIGN.md), so at this budget a G-Mean gain mostly means "
+        "(imbalanced-learn's default), so at this budget a G-Mean gain mostly means "
         "'now predicts every class at all'; macro-F1 is reported as the graded view.",
         "",
     ]

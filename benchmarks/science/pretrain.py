@@ -25,9 +25,12 @@ sys.path.insert(0, str(HERE))
 
 import fashion_mnist  # noqa: E402
 
-from aider_edge import atomic, pipeline  # noqa: E402
+from aider_edge import atomic, layout  # noqa: E402
 from aider_edge.config import load_params  # noqa: E402
 from aider_edge.data.archive import file_sha256  # noqa: E402
+from aider_edge.data.cache import workspace_cache  # noqa: E402
+from aider_edge.stages import ingest as ingest_stage  # noqa: E402
+from aider_edge.stages import split as split_stage  # noqa: E402
 from aider_edge.training import RunData, evaluate, train  # noqa: E402
 
 WORK = HERE / "work"
@@ -44,12 +47,12 @@ def ensure_backbone() -> Path:
     fashion_mnist.write_tree(WORK / "fashion_other5", 1000, fashion_mnist.PRETRAIN_CLASSES)
     root = WORK / "pretrain"
     root.mkdir(parents=True, exist_ok=True)
-    if not (root / pipeline.RAW_DIR / "manifest.csv").is_file():
-        pipeline.ingest(params, root)
-    if not (root / pipeline.SPLITS_DIR / "summary.json").is_file():
-        pipeline.split(params, root)
-    splits = root / pipeline.SPLITS_DIR
-    cache = pipeline.pixel_cache(params, root)
+    if not (root / layout.RAW_DIR / "manifest.csv").is_file():
+        ingest_stage.run(params, root)
+    if not (root / layout.SPLITS_DIR / "summary.json").is_file():
+        split_stage.run(params, root)
+    splits = root / layout.SPLITS_DIR
+    cache = workspace_cache(root, params.data.image_size, params.data.max_pixels)
     classes = params.data.classes
     train_csv = splits / "train_all.csv"
     data = RunData(

@@ -4,8 +4,8 @@
     python benchmarks/science/study.py --analyse-only  # rebuild the report from finished runs
 
 Each dataset gets its own project root under ``benchmarks/science/work/<dataset>/`` and goes
-through the project's own stages: ``pipeline.ingest`` (the ``folder`` source for Fashion-MNIST,
-``synthetic`` otherwise), ``pipeline.split`` and the pixel cache, then ``training.train`` and
+through the project's own stages: ``stages.ingest`` (the ``folder`` source for Fashion-MNIST,
+``synthetic`` otherwise), ``stages.split`` and the pixel cache, then ``training.train`` and
 ``training.evaluate`` for every run. The split is cut once per dataset (with the params file's
 seed); the seeds vary everything in training: initial weights, batch order, augmentation and
 dropout. So a paired difference between two methods compares them on the same data and seed.
@@ -30,9 +30,12 @@ sys.path.insert(0, str(HERE))
 
 import pretrain  # noqa: E402
 
-from aider_edge import atomic, pipeline  # noqa: E402
+from aider_edge import atomic, layout  # noqa: E402
 from aider_edge.config import Params, load_params  # noqa: E402
 from aider_edge.data.archive import file_sha256  # noqa: E402
+from aider_edge.data.cache import workspace_cache  # noqa: E402
+from aider_edge.stages import ingest as ingest_stage  # noqa: E402
+from aider_edge.stages import split as split_stage  # noqa: E402
 from aider_edge.training import RunData, evaluate, fit_summary, train  # noqa: E402
 
 DATASETS = ("fashion", "synthetic")
@@ -46,18 +49,18 @@ def prepare(dataset: str, params: Params, root: Path) -> None:
         import fashion_mnist
 
         fashion_mnist.write_tree(WORK / "fashion_mnist5", per_class=1000)
-    raw = root / pipeline.RAW_DIR / "manifest.csv"
+    raw = root / layout.RAW_DIR / "manifest.csv"
     if not raw.is_file():
         print(f"[{dataset}] ingest", flush=True)
-        pipeline.ingest(params, root)
-    if not (root / pipeline.SPLITS_DIR / "summary.json").is_file():
+        ingest_stage.run(params, root)
+    if not (root / layout.SPLITS_DIR / "summary.json").is_file():
         print(f"[{dataset}] split", flush=True)
-        pipeline.split(params, root)
+        split_stage.run(params, root)
 
 
 def open_split(params: Params, root: Path, scenario: str) -> tuple[RunData, str]:
-    splits = root / pipeline.SPLITS_DIR
-    cache = pipeline.pixel_cache(params, root)
+    splits = root / layout.SPLITS_DIR
+    cache = workspace_cache(root, params.data.image_size, params.data.max_pixels)
     classes = params.data.classes
     train_csv = splits / f"train_{scenario}.csv"
     data = RunData(

@@ -1,4 +1,4 @@
-"""Build the drone bundle (``DESIGN.md``, "The drone bundle") from an exported ONNX model.
+"""Build the drone bundle from an exported ONNX model (see ``docs/architecture.md``, "The drone bundle").
 
 The bundle is a folder with ``model.onnx`` and ``manifest.json``. The manifest repeats what the
 drone needs from the model's metadata (classes, preprocessing), the sha256 of every file, the
@@ -18,22 +18,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from aider_edge import atomic
+from aider_edge import atomic, layout
+from aider_edge.contract import (
+    META_PREFIX,
+    UNREGISTERED,
+    ContractError,
+    classes_from_metadata,
+    decode_metadata,
+    missing_metadata,
+    preprocessing_from_metadata,
+)
+from aider_edge.digest import sha256_file
 from aider_edge.edge.bundle import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     MODEL_FILE,
     BundleError,
     load_bundle,
-    sha256_file,
 )
 
-META = "aider_edge."
-REQUIRED_METADATA = ("classes", "input_size", "mean", "std", "layout", "resize")
-UNREGISTERED = "unregistered"
-FP32_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-VALIDATION_FILE = "validation.json"
+FP32_FILE, INT8_FILE = layout.FP32_FILE, layout.INT8_FILE
 EXPORT_HINT = "re-run `aider-edge export` (or `dvc repro export`)"
 
 ModelChoice = Literal["auto", "fp32", "int8"]
@@ -62,25 +66,22 @@ def build_bundle(
         raise BundleError(
             f"{model_path} is not a readable ONNX model ({type(exc).__name__}); {EXPORT_HINT}"
         ) from None
-    meta = {p.key[len(META) :]: p.value for p in proto.metadata_props if p.key.startswith(META)}
-    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    meta = decode_metadata({p.key: p.value for p in proto.metadata_props})
+    missing = missing_metadata(meta)
     if missing:
-        raise BundleError(
-            f"{model_path} lacks metadata {', '.join(META + k for k in missing)}; {EXPORT_HINT}"
-        )
+        raise BundleError(f"{model_path} lacks metadata {', '.join(missing)}; {EXPORT_HINT}")
+    try:
+        classes = classes_from_metadata(meta)
+        preprocessing = preprocessing_from_metadata(meta)
+    except ContractError as exc:
+        raise BundleError(f"{model_path}: {exc}; {EXPORT_HINT}") from None
     registry = _registry(registry)
     version = str(registry["version"]) if registry else meta.get("model_version", UNREGISTERED)
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "files": {},
-        "classes": _json_meta(meta, "classes", model_path),
-        "preprocessing": {
-            "input_size": _int_meta(meta, "input_size", model_path),
-            "mean": _json_meta(meta, "mean", model_path),
-            "std": _json_meta(meta, "std", model_path),
-            "layout": meta["layout"],
-            "resize": meta["resize"],
-        },
+        "classes": classes,
+        "preprocessing": preprocessing.as_dict(),
         "model_version": version,
         "registry": registry,
         "validation": validation,
@@ -99,8 +100,8 @@ def build_bundle(
             shutil.copyfile(model_path, target)
         else:
             props = {p.key: p for p in proto.metadata_props}
-            entry = props.get(META + "model_version") or proto.metadata_props.add(
-                key=META + "model_version"
+            entry = props.get(META_PREFIX + "model_version") or proto.metadata_props.add(
+                key=META_PREFIX + "model_version"
             )
             entry.value = version
             onnx.save_model(proto, str(target))
@@ -119,11 +120,12 @@ def build_from_export(
     export_dir: Path,
     out_dir: Path,
     *,
+    validation_path: Path,
     model: ModelChoice = "auto",
     allow_unvalidated: bool = False,
     registry: dict | None = None,
 ) -> Path:
-    """The bundle of what ``export`` and ``validate`` left in ``export_dir``.
+    """The bundle of what ``export`` left in ``export_dir``, as ``validation_path`` judged it.
 
     ``model="auto"`` ships the model that validate chose (``validation.json``: ``deploy.model``,
     else INT8 when ``int8.kept``), fp32 without a report. A model whose validation is missing or failed is refused unless
@@ -134,16 +136,16 @@ def build_from_export(
         raise BundleError(
             f"export folder {export_dir} does not exist; run `dvc repro export validate` first"
         )
-    validation = _read_validation(export_dir / VALIDATION_FILE)
+    validation = _read_validation(validation_path)
     if validation is None and not allow_unvalidated:
         raise BundleError(
-            f"{export_dir / VALIDATION_FILE} is missing: run `dvc repro validate` first "
+            f"{validation_path} is missing: run `dvc repro validate` first "
             "(or pass --allow-unvalidated for a trial bundle)"
         )
     if validation is not None and validation.get("passed") is not True and not allow_unvalidated:
         failures = "; ".join(map(str, validation.get("failures") or [])) or "passed is not true"
         raise BundleError(
-            f"{export_dir / VALIDATION_FILE}: validation failed ({failures}); fix the model or "
+            f"{validation_path}: validation failed ({failures}); fix the model or "
             "pass --allow-unvalidated for a trial bundle"
         )
     name = _choose_model(export_dir, model, validation)
@@ -200,24 +202,6 @@ def _registry(registry: dict | None) -> dict | None:
         "alias": registry.get("alias"),
         "run_id": registry.get("run_id"),
     }
-
-
-def _json_meta(meta: dict[str, str], key: str, where: Path) -> Any:
-    try:
-        return json.loads(meta[key])
-    except json.JSONDecodeError:
-        raise BundleError(
-            f"{where}: metadata {META + key} is not JSON ({meta[key][:40]!r}); {EXPORT_HINT}"
-        ) from None
-
-
-def _int_meta(meta: dict[str, str], key: str, where: Path) -> int:
-    try:
-        return int(meta[key])
-    except ValueError:
-        raise BundleError(
-            f"{where}: metadata {META + key} = {meta[key]!r} is not an integer; {EXPORT_HINT}"
-        ) from None
 
 
 def _self_check(folder: Path, model_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``aider-edge``: a thin shell over the stage functions.
+"""``aider-edge``: a thin dispatch over the stages (:mod:`aider_edge.stages`) and commands.
 
 Only the standard library is imported at start-up: the drone runs ``predict`` and ``bench`` with
 onnxruntime, numpy and Pillow alone, so pipeline commands import their heavy dependencies lazily.
@@ -13,172 +13,112 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from aider_edge import layout
 from aider_edge.errors import AiderEdgeError
+
+if TYPE_CHECKING:
+    from aider_edge.config import Params
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> Params:
     from aider_edge.config import load_params
 
     return load_params(args.params)
 
 
+def _print(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(line)
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from aider_edge import pipeline
     from aider_edge.progress import progress_bar
+    from aider_edge.stages import ingest
 
     params = _load(args)
     with progress_bar("generate") as gen, progress_bar("ingest") as ing:
-        report = pipeline.ingest(
-            params, Path.cwd(), pipeline.StageProgress(generate=gen, ingest=ing)
-        )
+        report = ingest.run(params, Path.cwd(), on_generate=gen, on_ingest=ing)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(json.dumps(report.as_dict(), indent=2))
+    _print(ingest.summary(report))
     return 0
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from aider_edge import pipeline
+    from aider_edge.stages import split
 
-    params = _load(args)
-    plan = pipeline.split(params, Path.cwd())
-    summary = plan.summary(params.seed)
-    width = max(len(name) for name in summary["counts"])
-    print(f"{'split':<{width}}  {'sigma':>6}  " + "  ".join(plan.classes))
-    for name, counts in summary["counts"].items():
-        sigma = summary["sigma"].get(name.removeprefix("train_"))
-        sigma_text = f"{sigma:6.3f}" if name.startswith("train_") else " " * 6
-        print(
-            f"{name:<{width}}  {sigma_text}  "
-            + "  ".join(f"{counts[c]:>{len(c)}}" for c in plan.classes)
-        )
+    _print(split.summary(split.run(_load(args), Path.cwd())))
     return 0
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from aider_edge import pipeline
-    from aider_edge.data.records import read_records
+    from aider_edge.data.cache import warm_cache
     from aider_edge.progress import progress_bar
 
     params = _load(args)
-    root = Path.cwd()
-    records = []
-    for csv_path in sorted((root / pipeline.SPLITS_DIR).glob("*.csv")):
-        records += read_records(csv_path)
-    if not records:
-        raise AiderEdgeError(
-            f"no split files in {pipeline.SPLITS_DIR}: run `dvc repro split` first"
-        )
-    cache = pipeline.pixel_cache(params, root)
     with progress_bar(f"decode {params.data.image_size}px") as bar:
-        decoded = cache.ensure(records, bar)
-    print(
-        f"{cache.dir}: {decoded} image(s) decoded, {len({r.sha256 for r in records})} cached in all"
-    )
+        cache, decoded, cached = warm_cache(params, Path.cwd(), bar)
+    print(f"{cache.dir}: {decoded} image(s) decoded, {cached} cached in all")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from aider_edge import pipeline
     from aider_edge.progress import progress_bar
+    from aider_edge.stages import train
 
     params = _load(args)
     with progress_bar(f"decode {params.data.image_size}px") as decode:
-        metrics = pipeline.train(
-            params,
-            Path.cwd(),
-            args.scenario,
-            args.method,
-            pipeline.StageProgress(decode=decode, training=True),
+        metrics = train.run(
+            params, Path.cwd(), args.scenario, args.method, on_decode=decode, show_training=True
         )
-    for block in ("val", "test"):
-        figures = metrics[block]
-        print(
-            f"{args.scenario}-{args.method} {block}: accuracy {figures['accuracy']:.3f}  "
-            f"G-Mean {figures['g_mean']:.3f}  macro-F1 {figures['macro_f1']:.3f}  "
-            f"F1 variance {figures['f1_variance']:.4f}"
-        )
+    _print(train.summary(metrics))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from aider_edge import pipeline
+    from aider_edge.stages import report
 
-    for path in pipeline.report(_load(args), Path.cwd()):
-        print(path.relative_to(Path.cwd()))
+    _print(report.summary(report.run(_load(args), Path.cwd()), Path.cwd()))
     return 0
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from aider_edge import pipeline
+    from aider_edge.stages import select
 
-    selected = pipeline.select(_load(args), Path.cwd())
-    print(f"{'run':<24} {'val G-Mean':>10} {'F1 var':>8} {'accuracy':>8}")
-    for c in selected["candidates"]:
-        name = f"{c['scenario']}-{c['method']}"
-        print(
-            f"{name:<24} {c['val_g_mean']:>10.4f} {c['val_f1_variance']:>8.4f} "
-            f"{c['val_accuracy']:>8.4f}"
-        )
-    print(f"selected {selected['scenario']}-{selected['method']} (run {selected['run_id']})")
+    _print(select.summary(select.run(_load(args), Path.cwd())))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from aider_edge import pipeline
+    from aider_edge.stages import export
 
-    report = pipeline.export(_load(args), Path.cwd())
-    rewrite = report.get("pool_rewrite", {})
-    print(
-        f"export/{report['fp32']['file']}: {report['fp32']['bytes'] / 1e6:.1f} MB, "
-        f"{report['parameters']:,} parameters, layout {report['layout']}, "
-        f"pool rewrite {'applied' if rewrite.get('applied') else 'not applied'}"
-    )
-    if "int8" in report:
-        cal = report["int8"]["calibration"]
-        print(
-            f"export/{report['int8']['file']}: {report['int8']['bytes'] / 1e6:.1f} MB, "
-            f"{cal['method']} calibration on {cal['images']} training images"
-        )
+    _print(export.summary(export.run(_load(args), Path.cwd())))
     return 0
 
 
 def _print_validation(report: dict) -> None:
-    models = [("fp32", report["parity"], report["latency"])]
-    if "int8" in report:
-        models.append(("int8", report["int8"], report["int8"]["latency"]))
-    for label, block, latency in models:
-        print(
-            f"{label}: top-1 agreement {block['top1_agreement']:.4f}, max |logit diff| "
-            f"{block['max_abs_logit_diff']:.2e}, G-Mean torch {block['g_mean_torch']:.4f} / "
-            f"onnx {block['g_mean_onnx']:.4f}"
-        )
-        for e in latency:
-            est = " (estimated)" if e["estimated"] else ""
-            print(
-                f"  {e['profile']:<22} {e['threads']} thr  p50 {e['p50_ms']:8.2f}  "
-                f"p90 {e['p90_ms']:8.2f}  p99 {e['p99_ms']:8.2f} ms  budget {e['budget_ms']:g}"
-                f"  {'ok' if e['passed'] else 'OVER'}{est}"
-            )
-    if "int8" in report:
-        print(f"int8 {report['int8']['decision']}")
+    from aider_edge.stages import validate
+
+    lines = validate.summary(report)
+    _print(lines[:-1])
     for warning in report.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"deploy: {report['deploy']['model']}  passed: {str(report['passed']).lower()}")
+    _print(lines[-1:])
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from aider_edge import pipeline, validation
+    from aider_edge.stages import validate
 
     root = Path.cwd()
     try:
-        report = pipeline.validate(_load(args), root)
-    except validation.ValidationFailed:
-        _print_validation(json.loads((root / validation.VALIDATION).read_text(encoding="utf-8")))
+        report = validate.run(_load(args), root)
+    except validate.ValidationFailed:
+        _print_validation(validate.read_report(root))
         raise
     _print_validation(report)
     return 0
@@ -192,6 +132,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     out = build_from_export(
         Path(args.export_dir),
         Path(args.out),
+        validation_path=Path(args.validation),
         model=args.model,
         allow_unvalidated=args.allow_unvalidated,
     )
@@ -233,7 +174,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from aider_edge.edge.commands import predict_command
 
     return predict_command(
-        args.bundle, args.inputs, threads=args.threads, max_pixels=args.max_pixels
+        args.bundle,
+        args.inputs,
+        threads=args.threads,
+        max_pixels=args.max_pixels,
+        logits=args.logits,
     )
 
 
@@ -283,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", cmd_train, "train one (scenario, method) run (DVC stage 'train@<s>-<m>')"
     )
     train.add_argument("--scenario", required=True, help="a key of split.scenarios, e.g. s1")
-    train.add_argument("--method", required=True, help="baseline, adaptive, wce or supcon_fixed")
+    train.add_argument("--method", required=True, help="a method of train.methods, e.g. adaptive")
     stage("report", cmd_report, "tables and figures over every run (DVC stage 'report')")
     stage("select", cmd_select, "pick the best run by validation G-Mean (DVC stage 'select')")
     stage("export", cmd_export, "export the selected classifier to ONNX (DVC stage 'export')")
@@ -299,8 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="build the drone bundle (model.onnx + manifest.json) from export/",
         description="Build the drone bundle from the exported, validated model.",
     )
-    bundle.add_argument("--export-dir", default="export", help="default: %(default)s")
-    bundle.add_argument("--out", default="dist/bundle", help="bundle folder (default: %(default)s)")
+    bundle.add_argument("--export-dir", default=str(layout.EXPORT_DIR), help="default: %(default)s")
+    bundle.add_argument(
+        "--validation",
+        default=str(layout.VALIDATION),
+        help="validate's report (default: %(default)s)",
+    )
+    bundle.add_argument(
+        "--out", default=str(layout.BUNDLE_DIR), help="bundle folder (default: %(default)s)"
+    )
     bundle.add_argument(
         "--model",
         choices=("auto", "fp32", "int8"),
@@ -356,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=40_000_000,
         help="refuse larger images before decoding (default: %(default)s)",
+    )
+    predict.add_argument(
+        "--logits", action="store_true", help="add the raw logits to each line (parity checks)"
     )
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     predict.set_defaults(func=cmd_predict)

@@ -152,13 +152,15 @@ PAPER_SCENARIOS: dict[str, list[float]] = {
 }
 
 
+def _paper_scenarios() -> dict[str, ScenarioSpec]:
+    return {k: list(v) for k, v in PAPER_SCENARIOS.items()}
+
+
 class SplitConfig(_Section):
     train_size: PositiveInt = 1000
     val_per_class: PositiveInt = 60
     test_per_class: PositiveInt = 60
-    scenarios: dict[str, ScenarioSpec] = Field(
-        default_factory=lambda: {k: list(v) for k, v in PAPER_SCENARIOS.items()}, min_length=1
-    )
+    scenarios: dict[str, ScenarioSpec] = Field(default_factory=_paper_scenarios, min_length=1)
 
     @field_validator("scenarios", mode="before")
     @classmethod
@@ -189,7 +191,10 @@ def _parse_scenario(name: Any, spec: Any) -> list[float] | StepProfile | Exponen
                 f"sums to {total:.6g}; proportions must sum to 1 (tolerance {PROPORTION_TOLERANCE:g})",
             )
         return [float(p) for p in spec]
-    profiles = {"step": StepProfile, "exponential": ExponentialProfile}
+    profiles: dict[str, type[StepProfile] | type[ExponentialProfile]] = {
+        "step": StepProfile,
+        "exponential": ExponentialProfile,
+    }
     kind = spec.get("profile") if isinstance(spec, dict) else None
     if kind not in profiles:
         raise _KeyedError(
@@ -232,10 +237,14 @@ Method = Literal[
 ]
 
 
+def _default_methods() -> list[Method]:
+    return ["baseline", "adaptive"]
+
+
 class TrainConfig(_Section):
     scenarios: list[str] | None = None
     """Scenarios to train (the DVC matrix); ``None`` = every scenario of ``split.scenarios``."""
-    methods: list[Method] = Field(default_factory=lambda: ["baseline", "adaptive"], min_length=1)
+    methods: list[Method] = Field(default_factory=_default_methods, min_length=1)
     epochs: PositiveInt = 8
     batch_size: Annotated[int, Field(ge=2)] = 32
     lr: PositiveFloat = 1e-3

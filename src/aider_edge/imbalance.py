@@ -1,6 +1,6 @@
 """How imbalanced a training split is, and what the paper's adaptive loss makes of it.
 
-DESIGN.md: ``sigma`` is the population standard deviation of the relative class frequencies; the
+``sigma`` is the population standard deviation of the relative class frequencies; the
 contrastive temperature falls and its weight rises as ``sigma`` grows.
 """
 
@@ -14,12 +14,12 @@ import numpy as np
 
 def class_frequencies(counts: Sequence[int]) -> np.ndarray:
     """Relative class frequencies ``f_c`` (summing to 1) of a vector of class counts."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.ndim != 1 or counts.size == 0 or (counts < 0).any() or counts.sum() <= 0:
+    values = np.asarray(counts, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0 or (values < 0).any() or values.sum() <= 0:
         raise ValueError(
-            f"class counts must be non-negative with a positive total, got {counts.tolist()}"
+            f"class counts must be non-negative with a positive total, got {values.tolist()}"
         )
-    return counts / counts.sum()
+    return values / values.sum()
 
 
 def imbalance_sigma(counts: Sequence[int]) -> float:
@@ -80,8 +80,9 @@ def adaptive_schedule(
     ``sigma = std(f)`` (population), ``tau = clip(tau0 * (1 - sigma), tau_min, tau_max)`` and
     ``lambda = clip(lambda0 * (1 + sigma), lambda_min, lambda_max)``: the more imbalanced the split,
     the sharper the contrastive softmax and the larger its share of the loss. Bounds default to the
-    paper's; ``tau0``/``lambda0`` are not given in the paper (DESIGN.md defaults). With the
-    defaults, s1 (sigma 0.3) gives tau 0.07, lambda 0.65 and a balanced split tau 0.1, lambda 0.5.
+    paper's; ``tau0``/``lambda0`` are not given in the paper (0.1 and 0.5 are this project's
+    choice, see docs/architecture.md). With the defaults, s1 (sigma 0.3) gives tau 0.07,
+    lambda 0.65 and a balanced split tau 0.1, lambda 0.5.
     """
     _check_range("tau", tau_min, tau_max)
     _check_range("lambda", lambda_min, lambda_max)

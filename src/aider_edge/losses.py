@@ -2,7 +2,7 @@
 three published prior-aware losses (logit adjustment, LDAM with deferred re-weighting, and the
 class-balanced focal loss) that serve as strong candidates next to the paper's method.
 
-The paper's adaptive objective (DESIGN.md, "The paper's method") is
+The paper's adaptive objective (docs/architecture.md, "The method") is
 
     L = L_WCE + lambda * L_SupCon(tau)
 

@@ -26,7 +26,7 @@ def classification_metrics(
     y_pred: Sequence[int] | np.ndarray,
     classes: Sequence[str],
 ) -> dict[str, Any]:
-    """The DESIGN.md metric block for integer labels ``0..K-1`` naming ``classes``.
+    """The metric block of the stage contracts (docs/architecture.md) for integer labels ``0..K-1`` naming ``classes``.
 
     Keys: ``accuracy``; ``g_mean`` = ``(prod_c recall_c) ** (1/K)`` over all K classes,
     imbalanced-learn's ``geometric_mean_score(average="multiclass", labels=0..K-1)`` with its

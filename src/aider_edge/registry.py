@@ -1,6 +1,6 @@
 """The MLflow Model Registry side of a retraining run: register, gate, promote, roll back, fetch.
 
-Names (DESIGN.md): registered model ``registry.model_name`` (``aider-edge-classifier``), aliases
+Names (``docs/architecture.md``): registered model ``registry.model_name`` (``aider-edge-classifier``), aliases
 ``registry.challenger_alias`` / ``registry.champion_alias`` (``challenger`` / ``champion``).
 
 Register (:func:`register_challenger`)
@@ -14,8 +14,9 @@ Register (:func:`register_challenger`)
 
 Promotion gate (:func:`promote`)
     The challenger moves ``champion`` when validation passed and its test G-Mean is at least the
-    champion's plus ``registry.margin``. Both models are re-scored here, with onnxruntime, on the
-    current ``data/splits/test.csv``: the champion's ``metrics.json`` figure may come from another
+    champion's plus ``registry.margin``. Both models are re-scored here on the current
+    ``data/splits/test.csv``, through the drone runtime's scorer
+    (:class:`aider_edge.edge.runtime.OnnxClassifier`): the champion's ``metrics.json`` figure may come from another
     test split (the data changed since), and the gate must compare like with like. MLflow keeps no
     history of alias moves, so the decision, both figures, the margin and the previous champion
     are written as ``promotion.*`` tags on the challenger's version; :func:`rollback` walks that
@@ -25,7 +26,6 @@ Promotion gate (:func:`promote`)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -36,18 +36,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from aider_edge import tracking
+from aider_edge import layout, lineage, tracking
 from aider_edge.config import Params
+from aider_edge.digest import sha256_file
 from aider_edge.errors import AiderEdgeError
 
 log = logging.getLogger(__name__)
 
 ONNX_MODEL_NAME = "onnx_model"
 """``name`` of the logged ONNX model inside the training run (the pt2 model is ``model``)."""
-ONNX_FILE = "model.onnx"
-TEST_SPLIT = Path("data/splits/test.csv")
+ONNX_FILE = layout.FP32_FILE
+"""The file name of the ONNX model inside a logged model (whichever precision it is)."""
 
 # model-version tags
 TAG_RUN_ID = "run_id"
@@ -62,10 +61,10 @@ TAG_TEST_SPLIT_SHA256 = "test_split_sha256"
 LINEAGE_RUN_TAGS = (
     tracking.TAG_SCENARIO,
     tracking.TAG_METHOD,
-    tracking.TAG_GIT_COMMIT,
-    tracking.TAG_DVC_SPLIT_MD5,
-    tracking.TAG_DVC_TRAIN_SPLIT_MD5,
-    tracking.TAG_TRAIN_SPLIT_SHA256,
+    lineage.TAG_GIT_COMMIT,
+    lineage.TAG_DVC_SPLIT_MD5,
+    lineage.TAG_DVC_TRAIN_SPLIT_MD5,
+    lineage.TAG_TRAIN_SPLIT_SHA256,
 )
 """Training-run tags copied onto the version, so the registry alone answers "trained on what"."""
 PROMOTION = "promotion."
@@ -113,14 +112,6 @@ def find_version_by_sha256(client, params: Params, sha256: str):
     return None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --- registering ------------------------------------------------------------------------------
 
 
@@ -155,7 +146,7 @@ def register_challenger(
         raise RegistryError(f"{onnx_path} is missing: run `dvc repro export` first")
     uri, client = connect(params, root)
     name = params.registry.model_name
-    sha = file_sha256(onnx_path)
+    sha = sha256_file(onnx_path)
     existing = find_version_by_sha256(client, params, sha)
     if existing is not None:
         log.info("%s is already version %s of %s", onnx_path, existing.version, name)
@@ -234,18 +225,18 @@ def _ensure_registered_model(client, name: str) -> None:
 def _lineage_now(root: Path) -> dict[str, str]:
     """Git HEAD and the DVC hashes of ``data/splits`` at registration time."""
     tags: dict[str, str] = {}
-    commit = tracking.git_commit(root)
+    commit = lineage.git_commit(root)
     if commit:
         tags[TAG_LINEAGE_COMMIT] = commit
-        dirty = tracking.git_dirty(root)
+        dirty = lineage.git_dirty(root)
         if dirty is not None:
             tags[TAG_LINEAGE_DIRTY] = str(dirty).lower()
-    test_csv = root / TEST_SPLIT
-    splits_md5 = tracking.dvc_hash(root, test_csv)
+    test_csv = root / layout.TEST_SPLIT
+    splits_md5 = lineage.dvc_hash(root, test_csv)
     if splits_md5:
         tags[TAG_DVC_SPLITS_MD5] = splits_md5
     if test_csv.is_file():
-        tags[TAG_TEST_SPLIT_SHA256] = file_sha256(test_csv)
+        tags[TAG_TEST_SPLIT_SHA256] = sha256_file(test_csv)
     return tags
 
 
@@ -261,8 +252,9 @@ def _global_uri(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous)
-        mlflow.set_registry_uri(previous)
+        # mlflow accepts None (it unsets the URI) although its annotations omit it.
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]
+        mlflow.set_registry_uri(previous)  # type: ignore[arg-type]
 
 
 def _jsonable(value: Any) -> Any:
@@ -272,52 +264,43 @@ def _jsonable(value: Any) -> Any:
 # --- scoring ----------------------------------------------------------------------------------
 
 
-def score_onnx(params: Params, root: Path, onnx_path: Path) -> dict[str, Any] | None:
-    """The model's metric block on ``data/splits/test.csv``, with onnxruntime.
+def test_split_logits(params: Params, root: Path, onnx_path: Path):
+    """``(logits, labels, classes)`` of the model on ``data/splits/test.csv``, scored as the drone
+    runs it; ``None`` when the model's classes are not the current ``data.classes``.
 
     Preprocessing follows the model's own metadata (input size, mean/std, layout), so a champion
-    exported at another resolution is scored as it would run on the drone. ``None`` when the
-    model's classes are not the current ``data.classes`` (then the figures are not comparable).
+    exported at another resolution is scored as it would run on the drone.
     """
-    import onnx
-    import onnxruntime as ort
-
-    from aider_edge.data.cache import PixelCache
-    from aider_edge.metrics import classification_metrics
-    from aider_edge.pipeline import CACHE_DIR
+    from aider_edge.contract import ContractError, classes_from_metadata
+    from aider_edge.data.cache import workspace_cache
+    from aider_edge.edge.latency import host_cores
+    from aider_edge.edge.runtime import OnnxClassifier
 
     root = Path(root).resolve()
-    meta = {
-        p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props
-    }
-    classes = json.loads(meta.get("aider_edge.classes", "null") or "null")
-    if not classes or sorted(classes) != sorted(params.data.classes):
+    model = OnnxClassifier.from_file(onnx_path, threads=host_cores())
+    try:
+        classes = classes_from_metadata(model.metadata)
+    except ContractError:
         return None
-    size = int(meta.get("aider_edge.input_size", params.data.image_size))
-    layout = meta.get("aider_edge.layout", "NCHW_float32_normalized")
-    mean = np.asarray(json.loads(meta.get("aider_edge.mean", "[0.485, 0.456, 0.406]")), np.float32)
-    std = np.asarray(json.loads(meta.get("aider_edge.std", "[0.229, 0.224, 0.225]")), np.float32)
-    test_csv = root / TEST_SPLIT
+    if sorted(classes) != sorted(params.data.classes):
+        return None
+    test_csv = root / layout.TEST_SPLIT
     if not test_csv.is_file():
         raise RegistryError(f"{test_csv} is missing: run `dvc repro split` first")
-    cache = PixelCache(root / CACHE_DIR, size, root, params.data.max_pixels)
+    cache = workspace_cache(root, model.preprocessing.input_size, params.data.max_pixels)
     split = cache.open_split(test_csv, classes)
+    return model.logits(split.images()), split.labels, classes
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = min(4, os.cpu_count() or 1)
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    predictions = []
-    for start in range(0, len(split), 64):
-        pixels = split.images(range(start, min(start + 64, len(split))))
-        if layout == "NHWC_uint8":
-            batch = np.ascontiguousarray(pixels)
-        else:
-            x = (pixels.astype(np.float32) / 255.0 - mean) / std
-            batch = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
-        logits = session.run(None, {input_name: batch})[0]
-        predictions.append(np.argmax(logits, axis=1))
-    return classification_metrics(split.labels, np.concatenate(predictions), classes)
+
+def score_onnx(params: Params, root: Path, onnx_path: Path) -> dict[str, Any] | None:
+    """The model's metric block on ``data/splits/test.csv`` (see :func:`test_split_logits`)."""
+    from aider_edge.metrics import classification_metrics
+
+    scored = test_split_logits(params, root, onnx_path)
+    if scored is None:
+        return None
+    logits, labels, classes = scored
+    return classification_metrics(labels, logits.argmax(axis=1), classes)
 
 
 # --- the gate ---------------------------------------------------------------------------------
@@ -446,7 +429,7 @@ def _gate(params, root, uri, challenger_path, validation, previous, decide, tmp:
 
 def _record(client, name: str, version: str, decision: Decision, root: Path) -> None:
     """The decision as tags on the challenger's version (MLflow keeps no alias history)."""
-    test_csv = root / TEST_SPLIT
+    test_csv = root / layout.TEST_SPLIT
     tags = {
         TAG_DECISION: decision.decision,
         PROMOTION + "reason": decision.reason,
@@ -459,7 +442,7 @@ def _record(client, name: str, version: str, decision: Decision, root: Path) -> 
     if decision.champion_test_g_mean is not None:
         tags[PROMOTION + "champion_test_g_mean"] = f"{decision.champion_test_g_mean:.6f}"
     if test_csv.is_file():
-        tags[PROMOTION + "test_split_sha256"] = file_sha256(test_csv)
+        tags[PROMOTION + "test_split_sha256"] = sha256_file(test_csv)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
 
@@ -538,7 +521,7 @@ def publish_bundle(params: Params, root: Path, alias: str, out_dir: Path) -> dic
         if (
             str(current.get("model_version")) == str(mv.version)
             and registry.get("model_name") == name
-            and file_sha256(out_dir / ONNX_FILE) == current.get("files", {}).get(ONNX_FILE)
+            and sha256_file(out_dir / ONNX_FILE) == current.get("files", {}).get(ONNX_FILE)
         ):
             return result | {"skipped": True}
     with tempfile.TemporaryDirectory(prefix="aider-edge-bundle-") as tmp:

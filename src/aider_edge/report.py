@@ -9,24 +9,25 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from aider_edge import atomic
+from aider_edge import atomic, layout
 from aider_edge.errors import DataError
 
 SUMMARY_METRICS = ("accuracy", "g_mean", "macro_f1", "balanced_accuracy", "mcc", "f1_variance")
 FIGURES = ("scenario_metrics.png", "per_class_f1.png")
 
 
-def collect(models_dir: Path, scenarios: list[str], methods: list[str]) -> list[dict]:
-    """The ``metrics.json`` of every (scenario, method) run, in params order."""
+def collect(root: Path, scenarios: Sequence[str], methods: Sequence[str]) -> list[dict]:
+    """The ``metrics.json`` of every (scenario, method) run under project ``root``, in params order."""
     runs, missing = [], []
     for scenario in scenarios:
         for method in methods:
-            path = models_dir / f"{scenario}-{method}" / "metrics.json"
+            path = root / layout.run_dir(scenario, method) / layout.RUN_METRICS
             if path.is_file():
                 runs.append(json.loads(path.read_text(encoding="utf-8")))
             else:
@@ -38,7 +39,7 @@ def collect(models_dir: Path, scenarios: list[str], methods: list[str]) -> list[
     return runs
 
 
-def metrics_rows(runs: list[dict], classes: list[str]) -> tuple[list[str], list[list]]:
+def metrics_rows(runs: list[dict], classes: Sequence[str]) -> tuple[list[str], list[list]]:
     header = ["scenario", "method", "sigma", "tau", "lambda"]
     header += [f"{split}_{m}" for split in ("val", "test") for m in SUMMARY_METRICS]
     header += [f"test_f1_{c}" for c in classes]
@@ -51,7 +52,7 @@ def metrics_rows(runs: list[dict], classes: list[str]) -> tuple[list[str], list[
     return header, rows
 
 
-def summary_markdown(runs: list[dict], methods: list[str], scenarios: list[str]) -> str:
+def summary_markdown(runs: list[dict], methods: Sequence[str], scenarios: Sequence[str]) -> str:
     by_key = {(r["scenario"], r["method"]): r for r in runs}
     lines = [
         "# Results",
@@ -71,7 +72,9 @@ def summary_markdown(runs: list[dict], methods: list[str], scenarios: list[str])
     return "\n".join(lines)
 
 
-def scenario_metrics_figure(runs: list[dict], methods: list[str], scenarios: list[str]) -> Figure:
+def scenario_metrics_figure(
+    runs: list[dict], methods: Sequence[str], scenarios: Sequence[str]
+) -> Figure:
     """Paper Fig. 2/4: accuracy, G-Mean and F1 variance per scenario, one line per method."""
     by_key = {(r["scenario"], r["method"]): r for r in runs}
     fig = Figure(figsize=(13, 4), layout="constrained")
@@ -92,7 +95,7 @@ def scenario_metrics_figure(runs: list[dict], methods: list[str], scenarios: lis
 
 
 def per_class_f1_figure(
-    runs: list[dict], methods: list[str], scenarios: list[str], classes: list[str]
+    runs: list[dict], methods: Sequence[str], scenarios: Sequence[str], classes: Sequence[str]
 ) -> Figure:
     """Paper Fig. 3/5: per-class F1 per scenario (bars) with accuracy (line), one panel per method."""
     by_key = {(r["scenario"], r["method"]): r for r in runs}
@@ -115,7 +118,11 @@ def per_class_f1_figure(
 
 
 def write_report(
-    runs: list[dict], out_dir: Path, methods: list[str], scenarios: list[str], classes: list[str]
+    runs: list[dict],
+    out_dir: Path,
+    methods: Sequence[str],
+    scenarios: Sequence[str],
+    classes: Sequence[str],
 ) -> list[Path]:
     """Write metrics.csv, summary.md and the figures as one atomic directory swap."""
     header, rows = metrics_rows(runs, classes)

@@ -17,7 +17,7 @@ Where things go
 
 Run contents
     * name ``<scenario>-<method>``; tags :data:`TAG_SCENARIO`, :data:`TAG_METHOD` and the lineage
-      tags of :func:`lineage_tags`.
+      tags of :func:`aider_edge.lineage.lineage_tags`.
     * params: every key of params.yaml flattened with dots (``train.lr``, ``loss.tau0``,
       ``split.scenarios.s1``, ``validate.fp32_atol``); lists are JSON strings; then the derived
       figures (``sigma``, ``tau``, ``lambda``, ``class_count.<class>``, ...) via
@@ -56,26 +56,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import numbers
 import os
 import re
-import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-import yaml
 
-from aider_edge import atomic, plots
+from aider_edge import atomic, layout, lineage, plots
 from aider_edge.config import MlflowConfig, Params
 from aider_edge.errors import AiderEdgeError
 
@@ -85,27 +82,9 @@ log = logging.getLogger(__name__)
 
 TAG_SCENARIO = "scenario"
 TAG_METHOD = "method"
-TAG_GIT_COMMIT = "git_commit"
-"""``git rev-parse HEAD`` of the project root; absent outside a git checkout."""
-TAG_GIT_DIRTY = "git_dirty"
-"""``"true"`` when the checkout has uncommitted changes (the commit alone does not pin the code)."""
-TAG_DVC_SPLIT_MD5 = "dvc_split_md5"
-"""md5 that ``dvc.lock`` records for the DVC output holding the training split: the ``.dir`` hash
-of ``data/splits`` (stage ``split``). Absent before ``dvc.lock`` exists or when it is stale."""
-TAG_DVC_TRAIN_SPLIT_MD5 = "dvc_train_split_md5"
-"""DVC's md5 of the training split file itself, read from the ``.dir`` listing in the DVC cache
-(when the cache holds it): pins this scenario's file rather than the whole splits folder."""
-TAG_DVC_LOCK_STALE = "dvc_lock_stale"
-"""``"true"`` when the split file no longer matches what ``dvc.lock`` recorded (edited or re-split
-outside DVC); the DVC tags are then left out rather than pointing at other data."""
-TAG_TRAIN_SPLIT_SHA256 = "train_split_sha256"
-"""sha256 of the training split CSV's bytes: always present, with or without DVC."""
 TAG_STAGE = "stage"
 """``"report"`` on the run that holds the report artifacts (training runs have no stage tag)."""
-MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"  # shown by the MLflow UI as the run's commit
 
-DVC_LOCK = "dvc.lock"
-SPLIT_STAGE = "split"
 MODEL_NAME = "model"
 """``name`` of the logged model (MLflow 3's replacement for ``artifact_path``)."""
 PLOTS_DIR = "plots"
@@ -226,159 +205,6 @@ def redact_uri(uri: str) -> str:
     if parts.scheme in ("http", "https") and "@" in parts.netloc:
         return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     return uri
-
-
-# --- lineage -------------------------------------------------------------------------------------
-
-
-def git_commit(root: Path) -> str | None:
-    """``git rev-parse HEAD`` in ``root``; ``None`` outside git, without commits or without git."""
-    out = _git(root, "rev-parse", "--verify", "--quiet", "HEAD")
-    if out is None:
-        return None
-    sha = out.strip()
-    return sha if re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", sha) else None
-
-
-def git_dirty(root: Path) -> bool | None:
-    """Whether tracked or untracked, non-ignored files differ from HEAD; ``None`` outside git."""
-    out = _git(root, "status", "--porcelain")
-    return None if out is None else bool(out.strip())
-
-
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(root), *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout if done.returncode == 0 else None
-
-
-def dvc_hash(root: Path, path: Path) -> str | None:
-    """The md5 ``dvc.lock`` records for the DVC output that holds ``path``.
-
-    For a training split that is the ``data/splits`` directory output of stage ``split``, whose
-    md5 ends in ``.dir``; a file output gives the file's md5. Stage ``split`` is searched first,
-    then the others. ``None`` without ``dvc.lock``, when no output holds ``path``, or when the
-    lock cannot be read.
-    """
-    root = Path(root).resolve()
-    rel = _relative(path, root)
-    if rel is None:
-        return None
-    stages = _lock_stages(root)
-    for name in sorted(stages, key=lambda n: n != SPLIT_STAGE):
-        stage = stages[name]
-        outs = stage.get("outs") if isinstance(stage, dict) else None
-        for out in outs or []:
-            if not isinstance(out, dict) or not isinstance(out.get("path"), str):
-                continue
-            out_path = PurePosixPath(out["path"])
-            md5 = out.get("md5")
-            if (rel == out_path or out_path in rel.parents) and isinstance(md5, str) and md5:
-                return md5
-    return None
-
-
-def dvc_file_md5(root: Path, path: Path, dir_md5: str) -> str | None:
-    """DVC's md5 of ``path`` inside the directory output ``dir_md5``, from the DVC cache.
-
-    DVC keeps the listing of a directory output as a JSON file named after its ``.dir`` hash in
-    the cache (``.dvc/cache/files/md5/ab/cdef....dir`` in DVC 3, ``.dvc/cache/ab/cdef....dir`` in
-    DVC 2). ``None`` when it is not there (no cache, another cache.dir, a file output).
-    """
-    root = Path(root).resolve()
-    rel = _relative(path, root)
-    if rel is None or not dir_md5.endswith(".dir") or len(dir_md5) < 3:
-        return None
-    out_dir = _output_dir_of(root, rel)
-    if out_dir is None:
-        return None
-    inner = rel.relative_to(out_dir).as_posix()
-    cache = root / ".dvc" / "cache"
-    for listing in (
-        cache / "files" / "md5" / dir_md5[:2] / dir_md5[2:],
-        cache / dir_md5[:2] / dir_md5[2:],
-    ):
-        try:
-            entries = json.loads(listing.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and entry.get("relpath") == inner:
-                md5 = entry.get("md5")
-                return md5 if isinstance(md5, str) else None
-    return None
-
-
-def _lock_stages(root: Path) -> dict:
-    try:
-        lock = yaml.safe_load((root / DVC_LOCK).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    stages = lock.get("stages") if isinstance(lock, dict) else None
-    return stages if isinstance(stages, dict) else {}
-
-
-def _output_dir_of(root: Path, rel: PurePosixPath) -> PurePosixPath | None:
-    for stage in _lock_stages(root).values():
-        for out in (stage.get("outs") if isinstance(stage, dict) else None) or []:
-            if isinstance(out, dict) and isinstance(out.get("path"), str):
-                out_path = PurePosixPath(out["path"])
-                if out_path in rel.parents:
-                    return out_path
-    return None
-
-
-def _relative(path: Path, root: Path) -> PurePosixPath | None:
-    path = Path(path)
-    path = (path if path.is_absolute() else root / path).resolve()
-    try:
-        return PurePosixPath(path.relative_to(root).as_posix())
-    except ValueError:
-        return None
-
-
-def _file_digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def lineage_tags(root: Path, train_split_csv: Path) -> dict[str, str]:
-    """Code and data lineage of a run (see the ``TAG_*`` constants for each name)."""
-    root = Path(root).resolve()
-    tags = {TAG_TRAIN_SPLIT_SHA256: _file_digest(train_split_csv, "sha256")}
-    commit = git_commit(root)
-    if commit is not None:
-        tags[TAG_GIT_COMMIT] = tags[MLFLOW_GIT_COMMIT] = commit
-        dirty = git_dirty(root)
-        if dirty is not None:
-            tags[TAG_GIT_DIRTY] = str(dirty).lower()
-    dir_md5 = dvc_hash(root, train_split_csv)
-    if dir_md5 is not None:
-        file_md5 = dvc_file_md5(root, train_split_csv, dir_md5)
-        if file_md5 is not None and file_md5 != _file_digest(train_split_csv, "md5"):
-            log.warning(
-                "%s differs from what %s recorded: the DVC hash tags are left out "
-                "(run `dvc repro` to version the split)",
-                train_split_csv,
-                DVC_LOCK,
-            )
-            tags[TAG_DVC_LOCK_STALE] = "true"
-        else:
-            tags[TAG_DVC_SPLIT_MD5] = dir_md5
-            if file_md5 is not None:
-                tags[TAG_DVC_TRAIN_SPLIT_MD5] = file_md5
-    return tags
 
 
 # --- params --------------------------------------------------------------------------------------
@@ -511,7 +337,7 @@ class RunTracker:
                         values[_key(f"{block}_{name}.{cls}")] = value
         self.log_metrics(values, step=self._next_step)
 
-        self.client.log_artifact(self.run_id, str(Path(out_dir) / "metrics.json"))
+        self.client.log_artifact(self.run_id, str(Path(out_dir) / layout.RUN_METRICS))
         with tempfile.TemporaryDirectory(prefix="aider-edge-plots-") as tmp:
             for block, block_metrics in blocks.items():
                 self._draw(block, block_metrics, Path(tmp))
@@ -571,13 +397,19 @@ class RunTracker:
         """The split CSV as an MLflow dataset input (context ``training``, targets ``label``)."""
         import mlflow
         import pandas as pd
-        from mlflow.data.sources import LocalArtifactDatasetSource
+
+        # From its defining module: mlflow.data attaches the same function at import time,
+        # which mypy cannot see.
+        from mlflow.data.pandas_dataset import from_pandas
+
+        # mlflow creates its artifact source classes at import time; no stub declares them.
+        from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]
 
         self._require_active()
         csv_path = Path(csv_path).resolve()
         # An explicit source: a plain path string makes MLflow warn that two (identical) local
         # sources could resolve it (mlflow/mlflow#9702).
-        dataset = mlflow.data.from_pandas(
+        dataset = from_pandas(
             pd.read_csv(csv_path),
             source=LocalArtifactDatasetSource(str(csv_path)),
             name=name,
@@ -595,7 +427,7 @@ class RunTracker:
         }
         if self.model_uri is not None:
             payload["model_uri"] = self.model_uri
-        target = Path(out_dir) / "run.json"
+        target = Path(out_dir) / layout.RUN_INFO
         atomic.write_json(target, payload)
         return target
 
@@ -686,7 +518,11 @@ def tracked_run(
     if not train_split_csv.is_absolute():
         train_split_csv = root / train_split_csv
     uri, client, experiment_id = _open(params, root)
-    tags = {TAG_SCENARIO: scenario, TAG_METHOD: method, **lineage_tags(root, train_split_csv)}
+    tags = {
+        TAG_SCENARIO: scenario,
+        TAG_METHOD: method,
+        **lineage.lineage_tags(root, train_split_csv),
+    }
 
     # The fluent API (log_model, log_input) needs the global URI. mlflow.set_tracking_uri also
     # exports MLFLOW_TRACKING_URI into os.environ, which would then override params.yaml for every
@@ -707,7 +543,8 @@ def tracked_run(
             raise
         mlflow.end_run("FINISHED")
     finally:
-        mlflow.set_tracking_uri(previous)  # None unsets both the global and the env var
+        # None unsets both the global and the env var (mlflow's annotation omits None).
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]
 
 
 def log_report(params: Params, root: Path, files: Iterable[Path]) -> str:
@@ -719,9 +556,9 @@ def log_report(params: Params, root: Path, files: Iterable[Path]) -> str:
     root = Path(root).resolve()
     _, client, experiment_id = _open(params, root)
     tags = {TAG_STAGE: "report"}
-    commit = git_commit(root)
+    commit = lineage.git_commit(root)
     if commit is not None:
-        tags[TAG_GIT_COMMIT] = tags[MLFLOW_GIT_COMMIT] = commit
+        tags[lineage.TAG_GIT_COMMIT] = tags[lineage.MLFLOW_GIT_COMMIT] = commit
     run = client.create_run(experiment_id, run_name="report", tags=tags)
     run_id = run.info.run_id
     try:

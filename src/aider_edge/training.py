@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aider_edge import atomic
+from aider_edge import atomic, layout
 from aider_edge.config import Params
 from aider_edge.data.augment import augment_and_normalize, normalize
 from aider_edge.data.cache import DecodedSplit
@@ -33,8 +33,8 @@ from aider_edge.losses import CONTRASTIVE_METHODS, PRIOR_METHODS, PriorLoss, met
 from aider_edge.metrics import classification_metrics
 from aider_edge.model import AiderNet, build_model
 
-CHECKPOINT = "checkpoint.pt"  # resumable state after the last finished epoch
-BEST_WEIGHTS = "model.pt"  # the weights of the best validation epoch: the run's result
+CHECKPOINT = layout.RESUME_CHECKPOINT
+BEST_WEIGHTS = layout.RUN_MODEL
 
 
 class TrainingDiverged(AiderEdgeError):
@@ -90,6 +90,8 @@ def loss_setup(params: Params, method: str, train_labels: np.ndarray, n_classes:
     schedule = adaptive_schedule(
         counts, lc.tau0, lc.lambda0, lc.tau_min, lc.tau_max, lc.lambda_min, lc.lambda_max
     )
+    tau: float | None
+    lambda_: float | None
     if method == "adaptive":
         tau, lambda_ = schedule.tau, schedule.lambda_
     elif method == "supcon_fixed":
@@ -347,7 +349,7 @@ def _scalar(value: object) -> bool:
 
 
 def fit_summary(setup: LossSetup, history: History, classes: tuple[str, ...] | list[str]) -> dict:
-    """The derived figures of a run for ``metrics.json`` (DESIGN.md keys plus the best epoch)."""
+    """The derived figures of a run for ``metrics.json`` (the stage contract's keys plus the best epoch)."""
     return {
         "sigma": setup.schedule.sigma,
         "tau": setup.tau,

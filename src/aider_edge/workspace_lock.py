@@ -19,9 +19,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from aider_edge import layout
 from aider_edge.errors import AiderEdgeError
 
-LOCK_FILE = Path(".dvc/tmp/aider-edge-flow.lock")
+LOCK_FILE = layout.FLOW_LOCK
 POLL_S = 0.5
 
 

@@ -9,7 +9,6 @@ Everything is extracted into a temporary folder that is renamed into place only 
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import lzma
 import os
@@ -23,9 +22,10 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, TypeVar
+from typing import IO, BinaryIO, TypeVar
 
 from aider_edge import atomic
+from aider_edge.digest import sha256_file
 from aider_edge.errors import DataError
 
 CHUNK = 1 << 20
@@ -46,7 +46,7 @@ def fetch_archive(source: str, sha256: str | None, dest_dir: Path) -> Path:
                 f"data.path {source!r} is not an archive file: give a zip/tar path or URL"
             )
     if sha256:
-        actual = file_sha256(target)
+        actual = sha256_file(target)
         if actual != sha256.lower():
             if remote:
                 target.unlink(missing_ok=True)  # a bad download must not lie around as if good
@@ -61,14 +61,6 @@ def _download_name(url: str) -> str:
     """The URL's last path segment as a plain file name (never ``..``, empty or hidden)."""
     name = PurePosixPath(urllib.parse.urlparse(url).path).name
     return name if name and not name.startswith(".") else "archive"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download(url: str, target: Path) -> None:
@@ -170,7 +162,7 @@ class _Budget:
         if self.declared > self.max_bytes:
             raise self._refuse(self.declared)
 
-    def copy(self, src: BinaryIO, out: BinaryIO) -> None:
+    def copy(self, src: IO[bytes], out: BinaryIO) -> None:
         while block := _reading(self.archive, lambda: src.read(CHUNK)):
             self.written += len(block)
             if self.written > self.max_bytes:
@@ -178,7 +170,7 @@ class _Budget:
             out.write(block)
 
 
-Member = tuple[str, str, int, Callable[[], BinaryIO]]
+Member = tuple[str, str, int, Callable[[], IO[bytes]]]
 T = TypeVar("T")
 
 
@@ -268,7 +260,14 @@ def _tar_member(tf: tarfile.TarFile, info: tarfile.TarInfo) -> Member:
         kind = "hard link"
     else:
         kind = "device or FIFO"
-    return info.name, kind, info.size, lambda: tf.extractfile(info)
+
+    def open_member() -> IO[bytes]:
+        src = tf.extractfile(info)
+        # Only "file" entries are ever opened, and extractfile returns None only for non-files.
+        assert src is not None
+        return src
+
+    return info.name, kind, info.size, open_member
 
 
 def _safe_relative(name: str, archive: Path) -> Path | None:

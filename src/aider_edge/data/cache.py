@@ -23,15 +23,19 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from aider_edge import atomic
+from aider_edge import atomic, layout
 from aider_edge.data.images import ImageRejected, load_rgb
 from aider_edge.data.records import ImageRecord, read_records
 from aider_edge.errors import DataError
 from aider_edge.parallel import map_with_progress
+
+if TYPE_CHECKING:
+    from aider_edge.config import Params
 
 INDEX_FILE = "index.json"
 
@@ -101,6 +105,8 @@ class PixelCache:
         labels = np.fromiter(
             (class_index[r.label] for r in records), dtype=np.int64, count=len(records)
         )
+        if pixels is None:  # an empty split on a cache never filled: no image to read
+            pixels = np.zeros((0, self.size, self.size, 3), dtype=np.uint8)
         return DecodedSplit(pixels, rows, labels, tuple(classes))
 
     def ensure(
@@ -166,7 +172,7 @@ class PixelCache:
                 out[n_old + offset] = array
             out.flush()
             del out
-        shas = [None] * n_old
+        shas: list[str | None] = [None] * n_old
         for sha, row in index.items():
             shas[row] = sha
         shas += [r.sha256 for r in todo]
@@ -200,3 +206,25 @@ def _decode_job(job: tuple[Path, int, int]) -> np.ndarray:
         raise DataError(
             f"{path}: {exc.reason}; it passed ingest, so the pool changed: re-run ingest"
         ) from None
+
+
+def workspace_cache(root: Path, size: int, max_pixels: int) -> PixelCache:
+    """The project's pixel cache (``data/cache``) at ``size`` px."""
+    return PixelCache(Path(root) / layout.CACHE_DIR, size, root, max_pixels)
+
+
+def warm_cache(
+    params: Params, root: Path, progress: Progress | None = None
+) -> tuple[PixelCache, int, int]:
+    """Decode every image of every split once: ``(cache, newly decoded, cached in all)``.
+
+    Run before several training runs start at once, so they do not all decode the same images.
+    """
+    records: list[ImageRecord] = []
+    for csv_path in sorted((Path(root) / layout.SPLITS_DIR).glob("*.csv")):
+        records += read_records(csv_path)
+    if not records:
+        raise DataError(f"no split files in {layout.SPLITS_DIR}: run `dvc repro split` first")
+    cache = workspace_cache(root, params.data.image_size, params.data.max_pixels)
+    decoded = cache.ensure(records, progress)
+    return cache, decoded, len({r.sha256 for r in records})

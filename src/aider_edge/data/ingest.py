@@ -16,7 +16,6 @@ previous pool as it was.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from aider_edge import atomic
 from aider_edge.data.images import ImageRejected, inspect_image, is_image_name
+from aider_edge.digest import sha256_file
 from aider_edge.errors import DataError
 from aider_edge.parallel import map_with_progress
 
@@ -123,6 +123,7 @@ def ingest_folder(
     by_sha: dict[str, list[_Checked]] = {}
     for c in checked:
         if not c.reason:
+            assert c.sha256 is not None  # _check_one hashes every file it does not reject
             by_sha.setdefault(c.sha256, []).append(c)
 
     kept: list[_Checked] = []
@@ -160,11 +161,13 @@ def ingest_folder(
     with atomic.atomic_dir(raw_dir) as tmp:
         rows = []
         for c in kept:
+            # _check_one gives every file it does not reject both its hash and its size.
+            assert c.sha256 is not None and c.size is not None
             relative = Path("images") / c.sha256[:2] / f"{c.sha256}{c.source.suffix.lower()}"
             target = tmp / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(c.source, target)
-            if _sha256(target) != c.sha256:
+            if sha256_file(target) != c.sha256:
                 # The manifest's promise is "this file has this hash"; a source rewritten since
                 # it was checked would break it (and its decode check) silently.
                 raise DataError(
@@ -194,11 +197,6 @@ def _text(path: Path | str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:  # streamed: a huge stray file must not be read into memory
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _check_one(job: tuple[Path, str, int]) -> _Checked:
     path, label, max_pixels = job
     if not is_image_name(path):
@@ -206,7 +204,7 @@ def _check_one(job: tuple[Path, str, int]) -> _Checked:
             path, label, None, None, f"not an image file ({path.suffix or 'no suffix'})"
         )
     try:
-        sha = _sha256(path)
+        sha = sha256_file(path)
     except OSError as exc:
         return _Checked(path, label, None, None, f"unreadable: {exc.strerror or exc}")
     try:

@@ -285,7 +285,7 @@ def _jitter(rng: np.random.Generator, color: _Color, amount: float) -> np.ndarra
     return np.clip(np.asarray(color, dtype=_F) + rng.uniform(-amount, amount, 3).astype(_F), 0, 1)
 
 
-def _pick(rng: np.random.Generator, options: Mapping[str, float]) -> str:
+def _pick(rng: np.random.Generator, options: Mapping[_T, float]) -> _T:
     """A key of ``options`` drawn with probability proportional to its weight."""
     return _weighted(rng, list(options), list(options.values()))
 
@@ -1052,6 +1052,7 @@ def _cue_flooded(sc: _Scene, plan: _Plan) -> None:
     water = _smoothstep(field, level, level + 0.12)
     # What sticks out: a patchy subset of roofs and tree crowns (some are fully under water).
     emerge = _smoothstep(_smooth_noise(rng, sc.size, sc.unit * 14), 0.35, 0.55)
+    assert plan.roof_mask is not None and plan.tree_mask is not None  # _paint_layout set both
     above = np.maximum(plan.roof_mask, 0.8 * plan.tree_mask) * emerge
     alpha = water * (1.0 - above) * _F(rng.uniform(0.85, 0.97))
     color = _water_color(rng)
@@ -1115,7 +1116,10 @@ def _rubble_heap(sc: _Scene, cx: float, cy: float, radius: float, roof: np.ndarr
     h, w = mask.shape
     voids = _smooth_noise(rng, max(h, w), 2.0 * sc.unit)[:h, :w] > 0.72
     sc.img[sl] *= (1.0 - 0.65 * voids * mask)[..., None]
-    for _ in range(int(rng.integers(3, 6 + radius / (2 * sc.unit)))):  # broken slabs, any angle
+    # int() truncates the bound exactly as Generator.integers does with a float, so the draws
+    # are unchanged.
+    slabs = int(rng.integers(3, int(6 + radius / (2 * sc.unit))))
+    for _ in range(slabs):  # broken slabs, any angle
         fx, fy = cx + rng.normal(0, 0.45 * radius), cy + rng.normal(0, 0.45 * radius)
         size = radius * rng.uniform(0.15, 0.4)
         _slab(sc, fx, fy, size, size * rng.uniform(0.3, 0.7), rng.uniform(0, math.pi), roof)

@@ -1,7 +1,7 @@
 """Read a drone bundle and prove it is complete and untouched before anything is loaded from it.
 
 A bundle is a folder holding ``model.onnx`` and ``manifest.json``. The manifest lists every file
-with its sha256, the class names, the preprocessing and the model version (see ``DESIGN.md``).
+with its sha256, the class names, the preprocessing and the model version (see ``docs/architecture.md``).
 :func:`load_bundle` refuses, with one line that says what is wrong and how to fix it, a folder
 without a manifest, a manifest that does not parse or misses a key, a listed file that is missing
 (an interrupted copy) or whose checksum differs (a corrupted or altered file). Files that the
@@ -13,46 +13,23 @@ signature over the manifest would be the next step for that.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from aider_edge.contract import ContractError, Preprocessing, checked_preprocessing
+from aider_edge.digest import sha256_file
 from aider_edge.errors import AiderEdgeError
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 FORMAT_VERSION = 1
-LAYOUTS = ("NCHW_float32_normalized", "NHWC_uint8")
-RESIZE_METHODS = ("bilinear",)
-_CHUNK = 1 << 20
 REBUILD_HINT = "rebuild it with `aider-edge bundle` and copy it again"
 
 
 class BundleError(AiderEdgeError):
     """The bundle folder cannot be trusted or used as it is."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a frame becomes the model's input; mirrors training's decode (``data/cache.py``)."""
-
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    layout: str
-    resize: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "input_size": self.input_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "layout": self.layout,
-            "resize": self.resize,
-        }
 
 
 @dataclass(frozen=True)
@@ -70,14 +47,6 @@ class Bundle:
     @property
     def model_sha256(self) -> str:
         return self.manifest["files"][MODEL_FILE]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_bundle(root: str | Path) -> Bundle:
@@ -172,49 +141,10 @@ def _preprocessing(manifest: dict[str, Any], where: Path) -> Preprocessing:
     pre = manifest.get("preprocessing")
     if not isinstance(pre, dict):
         raise BundleError(f"{where}: 'preprocessing' is missing; {REBUILD_HINT}")
-    size = pre.get("input_size")
-    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 4096:
-        raise BundleError(
-            f"{where}: preprocessing.input_size = {size!r} must be an integer in 8..4096"
-        )
-    layout = pre.get("layout")
-    if layout not in LAYOUTS:
-        raise BundleError(
-            f"{where}: preprocessing.layout = {layout!r}; this runtime supports {', '.join(LAYOUTS)}"
-        )
-    resize = pre.get("resize")
-    if resize not in RESIZE_METHODS:
-        raise BundleError(
-            f"{where}: preprocessing.resize = {resize!r}; this runtime supports {', '.join(RESIZE_METHODS)}"
-        )
-    return Preprocessing(
-        input_size=size,
-        mean=_triple(pre, "mean", where, positive=False),
-        std=_triple(pre, "std", where, positive=True),
-        layout=layout,
-        resize=resize,
-    )
-
-
-def _triple(
-    pre: dict[str, Any], key: str, where: Path, *, positive: bool
-) -> tuple[float, float, float]:
-    values = pre.get(key)
-    ok = (
-        isinstance(values, list)
-        and len(values) == 3
-        and all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            for v in values
-        )
-        and (not positive or all(v > 0 for v in values))
-    )
-    if not ok:
-        rule = "three positive numbers" if positive else "three numbers"
-        raise BundleError(
-            f"{where}: preprocessing.{key} = {values!r} must be {rule} (RGB, 0-1 scale)"
-        )
-    return (float(values[0]), float(values[1]), float(values[2]))
+    try:
+        return checked_preprocessing(pre, where=f"{where}: preprocessing.")
+    except ContractError as exc:
+        raise BundleError(str(exc)) from None
 
 
 def _string(manifest: dict[str, Any], key: str, where: Path) -> str:

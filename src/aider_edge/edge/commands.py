@@ -35,9 +35,12 @@ def predict_command(
     *,
     threads: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    logits: bool = False,
     out: TextIO | None = None,
 ) -> int:
     """Classify every image named in ``inputs`` (files, or folders searched recursively).
+
+    ``logits`` adds the model's raw output to each line (for parity checks across machines).
 
     Returns :data:`EXIT_OK` when every image was classified, :data:`EXIT_SOME_FAILED` otherwise.
     """
@@ -47,7 +50,7 @@ def predict_command(
     failed = 0
     for path, problem in iter_images(inputs):
         if problem is None:
-            record = _classify(model, path, size, max_pixels)
+            record = _classify(model, path, size, max_pixels, logits)
         else:
             record = {"file": str(path), "error": problem}
         failed += "error" in record
@@ -65,16 +68,19 @@ def predict_command(
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-def _classify(model: EdgeModel, path: Path, size: int, max_pixels: int) -> dict[str, Any]:
+def _classify(
+    model: EdgeModel, path: Path, size: int, max_pixels: int, with_logits: bool = False
+) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         frame = load_frame(path, size, max_pixels)
     except ImageRejected as exc:
         return {"file": str(path), "error": exc.reason}
     decoded = time.perf_counter()
-    (prediction,) = model.predict(frame[np.newaxis])
+    logits = model.logits(frame[np.newaxis])
+    (prediction,) = model.predictions(logits)
     done = time.perf_counter()
-    return {
+    record = {
         "file": str(path),
         "class": prediction.label,
         "probabilities": {c: round(p, 6) for c, p in prediction.probabilities.items()},
@@ -83,6 +89,10 @@ def _classify(model: EdgeModel, path: Path, size: int, max_pixels: int) -> dict[
         "latency_ms": round((done - decoded) * 1e3, 3),
         "preprocess_ms": round((decoded - start) * 1e3, 3),
     }
+    if with_logits:
+        # float32 -> float -> JSON repr round-trips exactly: the same bits come back.
+        record["logits"] = [float(v) for v in logits[0]]
+    return record
 
 
 def iter_images(inputs: Sequence[str | Path]) -> Iterator[tuple[Path, str | None]]:

@@ -1,4 +1,10 @@
-"""Run a verified bundle's classifier with onnxruntime (CPU), one frame or a batch at a time."""
+"""Score exported classifiers with onnxruntime (CPU): the one way the project runs an ONNX model.
+
+:class:`OnnxClassifier` turns uint8 frames into logits with the preprocessing the model's own
+metadata names (see :mod:`aider_edge.contract`). ``validate``, the registry's promotion gate and the
+drone's ``predict`` / ``bench`` all score through it, so the gate measures what the drone runs.
+:class:`EdgeModel` is the drone's view: a verified bundle's model, checked against its manifest.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,58 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from aider_edge.contract import (
+    INPUT_NAME,
+    INPUT_TYPES,
+    OUTPUT_NAME,
+    Preprocessing,
+    decode_metadata,
+    preprocessing_from_metadata,
+)
 from aider_edge.edge.bundle import MODEL_FILE, REBUILD_HINT, Bundle, BundleError, load_bundle
 from aider_edge.edge.preprocess import to_model_input
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-_INPUT_TYPES = {"NCHW_float32_normalized": "tensor(float)", "NHWC_uint8": "tensor(uint8)"}
+DEFAULT_BATCH = 64
+
+
+def open_session(model: bytes | str | Path, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session with every graph optimisation; ``threads`` intra-op (None: all cores)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default (all cores)
+    options.inter_op_num_threads = 1
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxClassifier:
+    """An exported classifier: uint8 RGB frames in, logits out, preprocessed as its metadata says.
+
+    ``preprocessing`` overrides the metadata (the drone passes its manifest's, which the bundle
+    builder copied from the same metadata and the runtime checks against the graph).
+    """
+
+    def __init__(
+        self, session: ort.InferenceSession, preprocessing: Preprocessing | None = None
+    ) -> None:
+        self.session = session
+        self.metadata = decode_metadata(session.get_modelmeta().custom_metadata_map)
+        self.preprocessing = preprocessing or preprocessing_from_metadata(self.metadata)
+
+    @classmethod
+    def from_file(cls, path: str | Path, threads: int | None = None) -> OnnxClassifier:
+        return cls(open_session(path, threads))
+
+    def logits(self, frames: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """(N, size, size, 3) uint8 RGB frames -> (N, classes) float32 logits."""
+        out = [
+            self.session.run(
+                [OUTPUT_NAME],
+                {INPUT_NAME: to_model_input(frames[i : i + batch_size], self.preprocessing)},
+            )[0]
+            for i in range(0, len(frames), batch_size)
+        ]
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 @dataclass(frozen=True)
@@ -36,18 +88,15 @@ class EdgeModel:
             raise BundleError(
                 f"bundle {bundle.root}: {MODEL_FILE} changed while loading; {REBUILD_HINT}"
             )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default (all cores)
-        options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+            self.session = open_session(data, threads)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             message = " ".join(str(exc).split())[:300]
             raise BundleError(
                 f"bundle {bundle.root}: onnxruntime cannot load {MODEL_FILE} ({message}); {REBUILD_HINT}"
             ) from None
         self._check_signature()
+        self.classifier = OnnxClassifier(self.session, bundle.preprocessing)
 
     @classmethod
     def from_dir(cls, root: str | Path, threads: int | None = None) -> EdgeModel:
@@ -63,11 +112,14 @@ class EdgeModel:
 
     def logits(self, frames: np.ndarray) -> np.ndarray:
         """(N, size, size, 3) uint8 RGB frames -> (N, classes) float32 logits."""
-        x = to_model_input(frames, self.bundle.preprocessing)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        return self.classifier.logits(frames)
 
     def predict(self, frames: np.ndarray) -> list[Prediction]:
-        probs = softmax(self.logits(frames))
+        return self.predictions(self.logits(frames))
+
+    def predictions(self, logits: np.ndarray) -> list[Prediction]:
+        """Class names and probabilities for logits of this model."""
+        probs = softmax(logits)
         return [
             Prediction(
                 label=self.classes[int(np.argmax(row))],
@@ -87,7 +139,7 @@ class EdgeModel:
                 f"{OUTPUT_NAME!r}, has inputs {[i.name for i in inputs]} and outputs "
                 f"{[o.name for o in outputs]}; re-export it with `aider-edge export`"
             )
-        expected_type = _INPUT_TYPES[pre.layout]
+        expected_type = INPUT_TYPES[pre.layout]
         if inputs[0].type != expected_type:
             raise BundleError(
                 f"bundle {root}: layout {pre.layout} needs a {expected_type} input, the model "
@@ -105,10 +157,8 @@ class EdgeModel:
                 f"bundle {root}: the model's input shape {shape} does not match input_size "
                 f"{pre.input_size} and layout {pre.layout}; {REBUILD_HINT}"
             )
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if "aider_edge.classes" in meta and json.loads(meta["aider_edge.classes"]) != list(
-            self.classes
-        ):
+        meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        if "classes" in meta and json.loads(meta["classes"]) != list(self.classes):
             raise BundleError(
                 f"bundle {root}: class names in {MODEL_FILE} differ from manifest.json; {REBUILD_HINT}"
             )

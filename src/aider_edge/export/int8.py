@@ -53,11 +53,12 @@ class CalibrationSettings:
 class ArrayReader(CalibrationDataReader):
     """Feeds preprocessed model inputs to the calibrator in fixed-size batches."""
 
+    _it: Iterator[dict[str, np.ndarray]]  # set by rewind(), which __init__ calls
+
     def __init__(self, input_name: str, inputs: np.ndarray, batch_size: int) -> None:
         self.input_name = input_name
         self.inputs = inputs
         self.batch_size = batch_size
-        self._it: Iterator[dict[str, np.ndarray]] | None = None
         self.rewind()
 
     def rewind(self) -> None:

@@ -1,15 +1,13 @@
 """The classifier as an ONNX graph: dynamo export, dynamic batch, optional in-graph preprocessing.
 
-The graph has one input ``input`` and one output ``logits`` (N, K). By default the input is what
-training fed the network: float32 NCHW, scaled to 0-1 and normalised with the ImageNet statistics
-(layout ``NCHW_float32_normalized``). With ``preprocessing_in_graph`` the graph takes the camera
-frame as uint8 NHWC (layout ``NHWC_uint8``, already resized to the input size) and does the scaling,
-normalisation and transpose itself, so the drone feeds decoded frames directly.
+The graph follows :mod:`aider_edge.contract`: one input, one output of logits (N, K). By default the
+input is what training fed the network (layout ``NCHW_float32_normalized``). With
+``preprocessing_in_graph`` the graph takes the resized camera frame as uint8 NHWC (``NHWC_uint8``)
+and does the scaling, normalisation and transpose itself, so the drone feeds decoded frames directly.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,19 +16,24 @@ import onnx
 import torch
 from torch import nn
 
-from aider_edge.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from aider_edge.contract import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    decode_metadata,
+    encode_metadata,
+)
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-LAYOUT_FLOAT = "NCHW_float32_normalized"
-LAYOUT_UINT8 = "NHWC_uint8"
-RESIZE = "bilinear"  # data/cache.py:decode_resized squashes frames with Pillow's BILINEAR
-META_PREFIX = "aider_edge."
 EXAMPLE_BATCH = 2  # torch.export specialises size-1 dimensions; 2 keeps the batch symbolic
 
 
 class InGraphPreprocess(nn.Module):
     """uint8 NHWC frames -> the classifier's normalised float NCHW input, inside the graph."""
+
+    # Buffers registered in __init__; declared so that they type as tensors, not Tensor | Module.
+    scale: torch.Tensor
+    shift: torch.Tensor
 
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
@@ -73,17 +76,15 @@ def export_onnx(
         optimize=True,
         verbose=False,
     )
+    assert program is not None  # torch.onnx.export returns None only for the legacy exporter
     proto = program.model_proto
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
 def set_metadata(proto: onnx.ModelProto, values: Mapping[str, object]) -> onnx.ModelProto:
-    """Write ``aider_edge.<key>`` metadata props (strings; lists as JSON), replacing old ones."""
-    encoded = {
-        META_PREFIX + key: value if isinstance(value, str) else json.dumps(value)
-        for key, value in values.items()
-    }
+    """Write ``aider_edge.<key>`` metadata props (the contract's encoding), replacing old ones."""
+    encoded = encode_metadata(values)
     kept = [p for p in proto.metadata_props if p.key not in encoded]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
@@ -94,35 +95,7 @@ def set_metadata(proto: onnx.ModelProto, values: Mapping[str, object]) -> onnx.M
 
 def metadata(proto: onnx.ModelProto) -> dict[str, str]:
     """The ``aider_edge.*`` metadata props, prefix stripped."""
-    return {
-        p.key.removeprefix(META_PREFIX): p.value
-        for p in proto.metadata_props
-        if p.key.startswith(META_PREFIX)
-    }
-
-
-def model_metadata(
-    classes: list[str],
-    input_size: int,
-    *,
-    preprocessing_in_graph: bool,
-    run_id: str,
-    data_hash: str,
-    precision: str,
-) -> dict[str, object]:
-    """The cross-team metadata contract (see DESIGN.md / the export issue)."""
-    return {
-        "classes": list(classes),
-        "input_size": str(input_size),
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "layout": LAYOUT_UINT8 if preprocessing_in_graph else LAYOUT_FLOAT,
-        "resize": RESIZE,
-        "mlflow_run_id": run_id,
-        "data_hash": data_hash,
-        "model_version": "unregistered",
-        "precision": precision,
-    }
+    return decode_metadata({p.key: p.value for p in proto.metadata_props})
 
 
 def save(proto: onnx.ModelProto, path: Path) -> None:

@@ -31,9 +31,13 @@ FORBIDDEN = [
     "sklearn",
     "matplotlib",
     "aider_edge.config",
-    "aider_edge.pipeline",
+    "aider_edge.stages",
+    "aider_edge.tracking",
 ]
 EDGE_MODULES = [
+    "aider_edge.contract",
+    "aider_edge.digest",
+    "aider_edge.layout",
     "aider_edge.edge",
     "aider_edge.edge.bundle",
     "aider_edge.edge.preprocess",

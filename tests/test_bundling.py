@@ -12,7 +12,8 @@ import pytest
 
 from aider_edge import cli
 from aider_edge.bundling import build_bundle, build_from_export
-from aider_edge.edge.bundle import BundleError, load_bundle, sha256_file
+from aider_edge.digest import sha256_file
+from aider_edge.edge.bundle import BundleError, load_bundle
 from edge_helpers import CLASSES, VALIDATION, save_model, solid_image
 
 REGISTRY = {
@@ -140,19 +141,29 @@ def test_registry_without_version_is_refused(tmp_path: Path, model_path: Path):
 # --- from export/ ----------------------------------------------------------------------------
 
 
+def report_path(export_dir: Path) -> Path:
+    """Where validate writes its report: ``validation/`` beside ``export/``."""
+    return export_dir.parent / "validation" / "validation.json"
+
+
 def write_validation(export_dir: Path, data: dict) -> None:
-    (export_dir / "validation.json").write_text(json.dumps(data))
+    report_path(export_dir).parent.mkdir(exist_ok=True)
+    report_path(export_dir).write_text(json.dumps(data))
+
+
+def from_export(export_dir: Path, out: Path, **options) -> Path:
+    return build_from_export(export_dir, out, validation_path=report_path(export_dir), **options)
 
 
 def test_from_export_needs_a_passed_validation(tmp_path: Path, model_path: Path):
     export_dir = model_path.parent
     with pytest.raises(BundleError, match=r"validation\.json is missing: run `dvc repro validate`"):
-        build_from_export(export_dir, tmp_path / "b")
+        from_export(export_dir, tmp_path / "b")
     write_validation(export_dir, VALIDATION | {"passed": False, "failures": ["rpi4 p90 250 > 200"]})
     with pytest.raises(BundleError, match=r"validation failed \(rpi4 p90 250 > 200\)"):
-        build_from_export(export_dir, tmp_path / "b")
+        from_export(export_dir, tmp_path / "b")
     assert not (tmp_path / "b").exists()
-    out = build_from_export(export_dir, tmp_path / "b", allow_unvalidated=True)
+    out = from_export(export_dir, tmp_path / "b", allow_unvalidated=True)
     assert json.loads((out / "manifest.json").read_text())["validation"]["passed"] is False
 
 
@@ -160,24 +171,24 @@ def test_from_export_ships_int8_only_when_validate_kept_it(tmp_path: Path, model
     export_dir = model_path.parent
     save_model(export_dir / "model.int8.onnx", metadata={"precision": "int8"})
     write_validation(export_dir, VALIDATION | {"int8": {"top1_agreement": 0.9, "kept": False}})
-    out = build_from_export(export_dir, tmp_path / "b")
+    out = from_export(export_dir, tmp_path / "b")
     assert json.loads((out / "manifest.json").read_text())["source"]["model_file"] == "model.onnx"
     write_validation(
         export_dir,
         VALIDATION
         | {"int8": {"kept": True}, "deploy": {"model": "model.int8.onnx", "precision": "int8"}},
     )
-    out = build_from_export(export_dir, tmp_path / "b")
+    out = from_export(export_dir, tmp_path / "b")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["model_file"] == "model.int8.onnx"
     assert ort_metadata(out / "model.onnx")["aider_edge.precision"] == "int8"
     # validate's own choice wins over the INT8 block.
     write_validation(export_dir, VALIDATION | {"deploy": {"model": "model.onnx"}})
-    out = build_from_export(export_dir, tmp_path / "b")
+    out = from_export(export_dir, tmp_path / "b")
     assert json.loads((out / "manifest.json").read_text())["source"]["model_file"] == "model.onnx"
     (export_dir / "model.int8.onnx").unlink()
     with pytest.raises(BundleError, match=r"model\.int8\.onnx does not exist"):
-        build_from_export(export_dir, tmp_path / "b", model="int8")
+        from_export(export_dir, tmp_path / "b", model="int8")
 
 
 def test_cli_bundle_then_predict(tmp_path: Path, model_path: Path, capsys, monkeypatch):

@@ -12,16 +12,20 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from aider_edge.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from aider_edge import layout
+from aider_edge.contract import IMAGENET_MEAN, IMAGENET_STD
+from aider_edge.data.cache import workspace_cache
 from aider_edge.errors import AiderEdgeError
 from aider_edge.export import graph, int8, onnx_export
 from aider_edge.export.checkpoint import load_classifier, model_inputs
-from aider_edge.export.stage import run_export
 from aider_edge.model import build_model
-from aider_edge.pipeline import SPLITS_DIR, pixel_cache
-from aider_edge.selection import SelectionError, read_selected
-from conftest import REPO_ROOT, small_params
+from aider_edge.selection import SelectionError
+from aider_edge.stages.export import run as run_export
+from aider_edge.stages.select import read_selected
+from conftest import small_params
 from export_project import copy_project, exported_project, project_params
+
+pytestmark = pytest.mark.slow  # a real trained run exported and quantised
 
 K = 5
 
@@ -40,9 +44,8 @@ def classifier(project):
 @pytest.fixture(scope="module")
 def test_images(project) -> np.ndarray:
     params = project_params(project)
-    split = pixel_cache(params, project).open_split(
-        project / SPLITS_DIR / "test.csv", params.data.classes
-    )
+    cache = workspace_cache(project, params.data.image_size, params.data.max_pixels)
+    split = cache.open_split(project / layout.TEST_SPLIT, params.data.classes)
     return split.images()
 
 
@@ -179,9 +182,8 @@ def test_int8_is_qdq_with_per_channel_weights_and_the_metadata(project, test_ima
 
 def _train_inputs(project: Path, n: int = 32) -> np.ndarray:
     params = project_params(project)
-    split = pixel_cache(params, project).open_split(
-        project / SPLITS_DIR / "train_s1.csv", params.data.classes
-    )
+    cache = workspace_cache(project, params.data.image_size, params.data.max_pixels)
+    split = cache.open_split(project / layout.train_split("s1"), params.data.classes)
     return model_inputs(split.images(range(n)), False)
 
 
@@ -244,7 +246,7 @@ def test_preprocessing_in_graph_takes_uint8_frames(project, classifier, test_ima
 
 def test_export_before_select_is_one_line_naming_the_fix(tmp_path):
     with pytest.raises(
-        SelectionError, match=r"models/selected\.json not found: run `dvc repro select`"
+        SelectionError, match=r"selection/selected\.json not found: run `dvc repro select`"
     ):
         run_export(small_params(), tmp_path)
 
@@ -263,13 +265,3 @@ def test_without_int8_only_fp32_is_written_and_a_stale_int8_model_goes(project, 
     assert (root / "export" / "model.onnx").is_file()
     assert not (root / "export" / "model.int8.onnx").exists()
     assert json.loads((root / "export" / "export.json").read_text()) == report
-
-
-def test_without_int8_a_dvc_yaml_that_still_declares_it_stops_export_first(tmp_path):
-    (tmp_path / "dvc.yaml").write_bytes((REPO_ROOT / "dvc.yaml").read_bytes())
-    # Stops before reading models/selected.json (there is none here) or exporting anything.
-    with pytest.raises(AiderEdgeError, match=r"export\.int8 is false but dvc\.yaml declares"):
-        run_export(small_params(export={"int8": False}), tmp_path)
-    assert not (tmp_path / "export").exists()
-    with pytest.raises(SelectionError, match=r"selected\.json not found"):  # int8 on: no objection
-        run_export(small_params(), tmp_path)

@@ -21,8 +21,8 @@ from aider_edge.data.archive import (
     _download_name,
     extract_archive,
     fetch_archive,
-    file_sha256,
 )
+from aider_edge.digest import sha256_file
 from aider_edge.errors import DataError
 
 BIG = 10_000_000
@@ -366,7 +366,7 @@ def server(tmp_path) -> Iterator[tuple[str, Path, list[str]]]:
 def test_local_archive_with_matching_sha(tmp_path):
     archive = _zip(tmp_path / "flat.zip", FLAT)
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
-    assert file_sha256(archive) == sha
+    assert sha256_file(archive) == sha
     assert fetch_archive(str(archive), sha, tmp_path / "dl") == archive
     assert fetch_archive(str(archive), sha.upper(), tmp_path / "dl") == archive
     assert fetch_archive(str(archive), None, tmp_path / "dl") == archive  # local: sha optional
@@ -374,7 +374,7 @@ def test_local_archive_with_matching_sha(tmp_path):
 
 def test_local_archive_with_wrong_sha_names_both_hashes(tmp_path):
     archive = _zip(tmp_path / "flat.zip", FLAT)
-    actual = file_sha256(archive)
+    actual = sha256_file(archive)
     wrong = "0" * 64
     with pytest.raises(DataError) as err:
         fetch_archive(str(archive), wrong, tmp_path / "dl")
@@ -405,7 +405,7 @@ def test_download_name_stays_a_plain_file_name(url, name):
 def test_url_with_right_sha_downloads(tmp_path, server):
     base, www, requests = server
     archive = _zip(www / "aider.zip", FLAT)
-    sha = file_sha256(archive)
+    sha = sha256_file(archive)
     got = fetch_archive(f"{base}/aider.zip", sha, tmp_path / "dl")
     assert got == tmp_path / "dl" / "aider.zip"
     assert got.read_bytes() == archive.read_bytes()
@@ -420,7 +420,7 @@ def test_url_with_wrong_sha_is_refused_and_not_kept(tmp_path, server):
     with pytest.raises(DataError) as err:
         fetch_archive(f"{base}/aider.zip", "ab" * 32, tmp_path / "dl")
     message = _one_line(err)
-    assert file_sha256(archive) in message and "ab" * 32 in message
+    assert sha256_file(archive) in message and "ab" * 32 in message
     assert list((tmp_path / "dl").iterdir()) == []
 
 

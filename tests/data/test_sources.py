@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from aider_edge import pipeline
 from aider_edge.errors import DataError
+from aider_edge.stages import ingest
 from conftest import small_params, write_image_tree
 
 
@@ -21,13 +21,13 @@ def manifest_rows(root: Path) -> list[dict[str, str]]:
 
 def test_synthetic_source_is_deterministic(tmp_path: Path, aider_classes):
     params = small_params(data={"synthetic": {"per_class": 6, "image_size": 48}})
-    report = pipeline.ingest(params, tmp_path)
+    report = ingest.run(params, tmp_path)
     assert report.counts == dict.fromkeys(aider_classes, 6)
     rows = manifest_rows(tmp_path)
     assert {(r["width"], r["height"]) for r in rows} == {("48", "48")}
     again = tmp_path / "again"
     again.mkdir()
-    pipeline.ingest(params, again)
+    ingest.run(params, again)
     assert manifest_rows(again) == rows
     assert not list((tmp_path / "data").glob(".source-*")), "the generated tree must be cleaned up"
 
@@ -35,7 +35,7 @@ def test_synthetic_source_is_deterministic(tmp_path: Path, aider_classes):
 def test_folder_source(tmp_path: Path):
     write_image_tree(tmp_path / "aider", {"fire": 3, "normal": 4})
     params = small_params(data={"source": "folder", "path": "aider", "classes": ["fire", "normal"]})
-    report = pipeline.ingest(params, tmp_path)
+    report = ingest.run(params, tmp_path)
     assert report.counts == {"fire": 3, "normal": 4}
     for row in manifest_rows(tmp_path):
         copy = tmp_path / row["path"]
@@ -48,7 +48,7 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path):
         data={"source": "folder", "path": "nowhere", "classes": ["fire", "normal"]}
     )
     with pytest.raises(DataError, match=r"data.path 'nowhere' is not a folder"):
-        pipeline.ingest(params, tmp_path)
+        ingest.run(params, tmp_path)
 
 
 def make_zip(tmp_path: Path) -> tuple[Path, str]:
@@ -68,10 +68,10 @@ def test_archive_source_verifies_and_extracts(tmp_path: Path):
         "sha256": digest,
         "classes": ["fire", "normal"],
     }
-    report = pipeline.ingest(small_params(data=data), tmp_path)
+    report = ingest.run(small_params(data=data), tmp_path)
     assert report.counts == {"fire": 2, "normal": 3}
 
     wrong = data | {"sha256": "0" * 64}
     with pytest.raises(DataError, match="sha256"):
-        pipeline.ingest(small_params(data=wrong), tmp_path)
+        ingest.run(small_params(data=wrong), tmp_path)
     assert len(manifest_rows(tmp_path)) == 5, "a failed ingest keeps the previous pool"

@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from aider_edge import cli
+from aider_edge import cli, contract
 from aider_edge.bundling import build_bundle
+from aider_edge.contract import Preprocessing
 from aider_edge.data.augment import normalize
 from aider_edge.data.cache import decode_resized
 from aider_edge.data.loader import to_batch_tensor
-from aider_edge.edge.bundle import BundleError, Preprocessing, load_bundle
+from aider_edge.edge.bundle import BundleError, load_bundle
 from aider_edge.edge.commands import bench_command, predict_command
 from aider_edge.edge.preprocess import load_frame, resize_frame, to_model_input
 from aider_edge.edge.runtime import EdgeModel, softmax
@@ -221,7 +222,7 @@ def test_model_that_disagrees_with_its_manifest_is_refused(tmp_path: Path, bundl
 
 def test_model_onnxruntime_cannot_load_is_refused(bundle_dir: Path):
     # Checksums match (the manifest was made for these bytes), but the bytes are no model.
-    from aider_edge.edge.bundle import sha256_file
+    from aider_edge.digest import sha256_file
 
     (bundle_dir / "model.onnx").write_bytes(b"\x08\x07not a graph")
     manifest_path = bundle_dir / "manifest.json"
@@ -323,7 +324,7 @@ def test_exported_model_in_a_bundle_matches_torch_on_image_files(tmp_path: Path,
     torch.manual_seed(0)
     classifier = Tiny().eval()
     proto = onnx_export.export_onnx(classifier, SIZE, 18, preprocessing_in_graph=in_graph)
-    meta = onnx_export.model_metadata(
+    meta = contract.model_metadata(
         CLASSES,
         SIZE,
         preprocessing_in_graph=in_graph,

@@ -25,9 +25,12 @@ import mlflow
 import pytest
 import yaml
 
+from aider_edge import dvc_graph
 from aider_edge.errors import AiderEdgeError
 from aider_edge.workspace_lock import WorkspaceBusy, workspace_lock
 from conftest import REPO_ROOT, TINY_PROJECT, deep_update, edit_params, run_command
+
+pytestmark = pytest.mark.slow  # a Prefect server and real DVC, git and MLflow stores
 
 MODEL = "aider-edge-classifier"
 FLOW_PARAMS = {
@@ -51,16 +54,6 @@ GIT_ENV = {
 }
 
 
-def _select_deps_for(dvc_yaml: dict, runs: list[str]) -> None:
-    """``select`` lists its candidate runs by hand (DVC cannot expand a matrix into deps): keep
-    them equal to this project's train matrix, as tests/test_selection.py demands of the repo."""
-    select = dvc_yaml["stages"].get("select")
-    if select is None:
-        return
-    kept = [d for d in select["deps"] if not str(d).startswith("models/")]
-    select["deps"] = [f"models/{r}/{f}" for r in runs for f in ("metrics.json", "run.json")] + kept
-
-
 @pytest.fixture(scope="module")
 def retrain(prefect_harness):
     """flows/retrain.py as a module (imported after the Prefect harness set PREFECT_HOME)."""
@@ -79,9 +72,6 @@ def project(tmp_path_factory) -> Path:
     shutil.copytree(REPO_ROOT / "data" / "source", repo / "data" / "source")
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(REPO_ROOT / name, repo / name)
-    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
-    _select_deps_for(dvc_yaml, ["s1-baseline"])
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     edit_params(repo, deep_update(json.loads(json.dumps(TINY_PROJECT)), FLOW_PARAMS))
     with mock.patch.dict(os.environ, GIT_ENV):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -176,7 +166,7 @@ def test_a_second_run_on_a_busy_workspace_stops_or_waits(retrain, project, env):
 def test_first_run_trains_registers_promotes_and_publishes(retrain, project, env):
     summary = retrain.retrain(project_dir=str(project))
 
-    stages = retrain.stage_order(project)
+    stages = dvc_graph.stage_order(project)
     assert stages[:2] == ["ingest", "split"] and "train@s1-baseline" in stages
     assert stages.index("export") < stages.index("validate")
     assert summary["ran"] == stages and summary["skipped"] == []

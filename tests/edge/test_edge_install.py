@@ -23,7 +23,9 @@ import pytest
 from aider_edge.bundling import build_bundle
 from edge_helpers import VALIDATION, save_model, solid_image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # clean virtual environments installed from the lock
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 # Only image-size hygiene differs from the Dockerfile: the test needs uv's cache to run offline.
 NOT_HERE = {"--no-cache"}

@@ -1,0 +1,81 @@
+"""DVC's stage graph, as the retraining flow needs it: order, what changed, how to run a stage.
+
+The graph lives only in ``dvc.yaml``; this module asks DVC for it (``Repo.index.graph``) rather
+than keeping a list of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def stage_order(root: Path) -> list[str]:
+    """Every stage of ``dvc.yaml`` (matrix entries expanded), upstream first.
+
+    Among stages that could run in either order, ``dvc.yaml``'s own order is kept, so the task
+    list reads like the file.
+    """
+    import networkx as nx
+
+    root = Path(root).resolve()
+    with in_repo(root) as repo:
+        position = {id(stage): i for i, stage in enumerate(repo.index.stages)}
+        # DVC's graph points from a stage to the stages it depends on: reversed, upstream first.
+        upstream_first = repo.index.graph.reverse(copy=True)
+        ordered = nx.lexicographical_topological_sort(
+            upstream_first, key=lambda stage: f"{position.get(id(stage), 0):08d}"
+        )
+        return [_address(stage, root) for stage in ordered]
+
+
+def _address(stage: Any, root: Path) -> str:
+    """The stage as ``dvc repro`` takes it from ``root``: ``name`` for the root ``dvc.yaml``,
+    ``path/dvc.yaml:name`` otherwise (``Stage.addressing`` is relative to the current folder)."""
+    dvcfile = Path(stage.path).resolve()
+    if dvcfile == root / "dvc.yaml":
+        return str(stage.name)
+    return f"{dvcfile.relative_to(root).as_posix()}:{stage.name}"
+
+
+def stage_changes(root: Path, stage: str) -> dict[str, Any]:
+    """``dvc status`` of one stage: empty when it is up to date."""
+    with in_repo(Path(root).resolve()) as repo:
+        return dict(repo.status(targets=[stage]))
+
+
+@contextlib.contextmanager
+def in_repo(root: Path) -> Iterator[Any]:
+    """DVC's Python API inside ``root``: DVC resolves dvc.yaml paths against the working folder,
+    so it is entered for the call (the flow runs its tasks one after the other in one thread)."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        yield repo
+
+
+def dvc_env() -> dict[str, str]:
+    """The environment for ``dvc`` subprocesses: stages run ``aider-edge`` from this interpreter."""
+    bin_dir = str(Path(sys.executable).parent)
+    return os.environ | {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def dvc_executable() -> str:
+    local = Path(sys.executable).parent / "dvc"
+    return str(local) if local.exists() else "dvc"
+
+
+def error_line(stage: str, output: str, code: int) -> str:
+    """The stage's own one-line error (``aider-edge <cmd>: error: ...``), else DVC's."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    own = [line for line in lines if re.match(r"aider-edge [\w-]+: error: ", line)]
+    if own:
+        return f"stage {stage} failed: {own[-1]}"
+    dvc_errors = [line for line in lines if line.startswith("ERROR")]
+    last = dvc_errors[-1] if dvc_errors else (lines[-1] if lines else "no output")
+    return f"stage {stage} failed (exit {code}): {last}"

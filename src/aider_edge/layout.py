@@ -1,0 +1,68 @@
+"""Where everything lives in a project checkout: the one definition of every path and file name.
+
+Paths are relative to the project root (the folder with ``dvc.yaml`` and ``params.yaml``); callers
+join them to their root. ``dvc.yaml`` spells the same paths for DVC, and a test checks that the two
+agree. Standard library only: the flow, the registry, the bundle builder and the drone tooling all
+import it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+DVC_YAML = Path("dvc.yaml")
+DVC_LOCK = Path("dvc.lock")
+
+# --- data (stages ingest and split) -------------------------------------------------------------
+RAW_DIR = Path("data/raw")
+MANIFEST = RAW_DIR / "manifest.csv"
+REJECTED = RAW_DIR / "rejected.csv"
+SPLITS_DIR = Path("data/splits")
+VAL_SPLIT = SPLITS_DIR / "val.csv"
+TEST_SPLIT = SPLITS_DIR / "test.csv"
+SPLIT_SUMMARY = SPLITS_DIR / "summary.json"
+CACHE_DIR = Path("data/cache")
+"""Decoded pixels at the training resolution (git-ignored, rebuilt on demand)."""
+
+# --- training runs (stage train@<scenario>-<method>) --------------------------------------------
+MODELS_DIR = Path("models")
+RUN_MODEL = "model.pt"
+"""The weights of a run's best validation epoch: what select, export and validate read."""
+RESUME_CHECKPOINT = "checkpoint.pt"
+"""Resumable state after the last finished epoch; removed once the run finishes."""
+RUN_METRICS = "metrics.json"
+RUN_INFO = "run.json"
+
+# --- stages after training ------------------------------------------------------------------------
+REPORTS_DIR = Path("reports")
+SELECTION_DIR = Path("selection")
+SELECTED = SELECTION_DIR / "selected.json"
+EXPORT_DIR = Path("export")
+"""Owned by stage ``export`` as a whole, so the optional INT8 model needs no line in dvc.yaml."""
+FP32_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+FP32_MODEL = EXPORT_DIR / FP32_FILE
+INT8_MODEL = EXPORT_DIR / INT8_FILE
+EXPORT_REPORT = EXPORT_DIR / "export.json"
+VALIDATION_DIR = Path("validation")
+VALIDATION = VALIDATION_DIR / "validation.json"
+"""Beside ``export/``, not in it: DVC does not allow one stage's output inside another's."""
+
+# --- after the stages (the flow, the registry) ------------------------------------------------------
+BUNDLE_DIR = Path("dist/bundle")
+FLOW_LOCK = Path(".dvc/tmp/aider-edge-flow.lock")
+
+
+def run_name(scenario: str, method: str) -> str:
+    return f"{scenario}-{method}"
+
+
+def run_dir(scenario: str, method: str) -> Path:
+    """``models/<scenario>-<method>``: one training run's outputs."""
+    return MODELS_DIR / run_name(scenario, method)
+
+
+def train_split(scenario: str) -> Path:
+    """``data/splits/train_<scenario>.csv``."""
+    return SPLITS_DIR / f"train_{scenario}.csv"

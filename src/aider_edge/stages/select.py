@@ -1,0 +1,100 @@
+"""``select``: the best trained run by validation G-Mean -> ``selection/selected.json``.
+
+The stage depends on ``models/`` as a whole, so DVC trains every run before it and re-selects when
+any run changes; the rule itself is :mod:`aider_edge.selection`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aider_edge import atomic, layout
+from aider_edge.config import Params
+from aider_edge.selection import SelectionError, candidate_runs, rank_candidates
+
+SELECTED_KEYS = ("scenario", "method", "run_id", "checkpoint")
+"""Keys of ``selected.json`` that export and validate read."""
+
+
+def read_candidate(root: Path, scenario: str, method: str) -> dict[str, Any]:
+    """One run's validation figures, run id and checkpoint, as a candidate dict."""
+    name = layout.run_name(scenario, method)
+    run = layout.run_dir(scenario, method)
+    needed = [run / f for f in (layout.RUN_METRICS, layout.RUN_INFO, layout.RUN_MODEL)]
+    missing = [str(p) for p in needed if not (root / p).is_file()]
+    if missing:
+        raise SelectionError(
+            f"run {name} is not finished ({', '.join(missing)} missing): run "
+            f"`dvc repro train@{name}`, or leave it out of select.scenarios / select.methods"
+        )
+    try:
+        metrics = json.loads((root / run / layout.RUN_METRICS).read_text(encoding="utf-8"))
+        run_info = json.loads((root / run / layout.RUN_INFO).read_text(encoding="utf-8"))
+        val = metrics["val"]
+        return {
+            "scenario": scenario,
+            "method": method,
+            "run_id": run_info["run_id"],
+            "checkpoint": (run / layout.RUN_MODEL).as_posix(),
+            "val_g_mean": val["g_mean"],
+            "val_f1_variance": val["f1_variance"],
+            "val_accuracy": val["accuracy"],
+        }
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SelectionError(
+            f"{run}: {layout.RUN_METRICS} or {layout.RUN_INFO} is malformed "
+            f"({type(exc).__name__}: {exc}); re-run `dvc repro train@{name}`"
+        ) from None
+
+
+def run(params: Params, root: Path) -> dict[str, Any]:
+    """Rank the candidate runs and write ``selection/selected.json``."""
+    root = Path(root)
+    ranked = rank_candidates([read_candidate(root, s, m) for s, m in candidate_runs(params)])
+    best = ranked[0]
+    selected = {
+        "scenario": best["scenario"],
+        "method": best["method"],
+        "run_id": best["run_id"],
+        "checkpoint": best["checkpoint"],
+        "val_g_mean": best["val_g_mean"],
+        "val_f1_variance": best["val_f1_variance"],
+        "val_accuracy": best["val_accuracy"],
+        "candidates": ranked,
+    }
+    atomic.write_json(root / layout.SELECTED, selected)
+    return selected
+
+
+def read_selected(root: Path) -> dict[str, Any]:
+    """``selection/selected.json``, or one line saying to run ``select`` first."""
+    path = Path(root) / layout.SELECTED
+    if not path.is_file():
+        raise SelectionError(f"{layout.SELECTED} not found: run `dvc repro select` first")
+    try:
+        selected = json.loads(path.read_text(encoding="utf-8"))
+        missing = [k for k in SELECTED_KEYS if k not in selected]
+        if missing:
+            raise KeyError(", ".join(missing))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SelectionError(
+            f"{layout.SELECTED} is malformed ({type(exc).__name__}: {exc}); run `dvc repro select`"
+        ) from None
+    return dict(selected)
+
+
+def summary(selected: dict[str, Any]) -> list[str]:
+    lines = [f"{'run':<24} {'val G-Mean':>10} {'F1 var':>8} {'accuracy':>8}"]
+    for c in selected["candidates"]:
+        name = layout.run_name(c["scenario"], c["method"])
+        lines.append(
+            f"{name:<24} {c['val_g_mean']:>10.4f} {c['val_f1_variance']:>8.4f} "
+            f"{c['val_accuracy']:>8.4f}"
+        )
+    lines.append(
+        f"selected {layout.run_name(selected['scenario'], selected['method'])} "
+        f"(run {selected['run_id']})"
+    )
+    return lines

@@ -1,0 +1,32 @@
+"""``split``: ``data/raw/manifest.csv`` -> scenario training splits, val, test, ``summary.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aider_edge import layout
+from aider_edge.config import Params
+from aider_edge.data.split import SplitPlan, run_split
+from aider_edge.imbalance import imbalance_sigma
+
+
+def run(params: Params, root: Path) -> SplitPlan:
+    return run_split(params, root / layout.MANIFEST, root / layout.SPLITS_DIR)
+
+
+def summary(plan: SplitPlan) -> list[str]:
+    """A table: one row per split, its sigma (training splits) and its count per class."""
+    rows = {f"train_{name}": recs for name, recs in plan.train.items()}
+    rows |= {"val": plan.val, "test": plan.test}
+    width = max(len(name) for name in rows)
+    lines = [f"{'split':<{width}}  {'sigma':>6}  " + "  ".join(plan.classes)]
+    for name, records in rows.items():
+        counts = plan.counts(records)
+        sigma = (
+            f"{imbalance_sigma(list(counts.values())):6.3f}" if name.startswith("train_") else ""
+        )
+        lines.append(
+            f"{name:<{width}}  {sigma:>6}  "
+            + "  ".join(f"{counts[c]:>{len(c)}}" for c in plan.classes)
+        )
+    return lines

@@ -1,0 +1,117 @@
+"""``train@<scenario>-<method>``: one tracked training run -> ``models/<scenario>-<method>/``.
+
+Writes ``model.pt`` (the best validation epoch), ``metrics.json`` and ``run.json``; the per-epoch
+``checkpoint.pt`` lets an interrupted run resume and is removed once the run finishes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from aider_edge import atomic, layout, tracking
+from aider_edge.config import Params
+from aider_edge.data.augment import normalize
+from aider_edge.data.cache import workspace_cache
+from aider_edge.data.loader import to_batch_tensor
+from aider_edge.digest import sha256_file
+from aider_edge.errors import ConfigError
+from aider_edge.progress import Progress, training_bar
+from aider_edge.training import RunData, evaluate, fit_summary, images_per_epoch
+from aider_edge.training import train as fit
+
+
+def check_run(params: Params, scenario: str, method: str) -> None:
+    """The run is one of the configured matrix, else one line naming the key."""
+    if scenario not in params.split.scenarios:
+        raise ConfigError(
+            f"scenario {scenario!r} is not in split.scenarios ({', '.join(params.split.scenarios)})"
+        )
+    if method not in params.train.methods:
+        raise ConfigError(
+            f"method {method!r} is not in train.methods ({', '.join(params.train.methods)})"
+        )
+
+
+def run(
+    params: Params,
+    root: Path,
+    scenario: str,
+    method: str,
+    *,
+    on_decode: Progress | None = None,
+    show_training: bool = False,
+) -> dict[str, Any]:
+    """Train the run and return its ``metrics.json`` dict.
+
+    ``show_training`` draws the run's bar (images/s, loss) and one line per epoch on stderr.
+    """
+    check_run(params, scenario, method)
+    tracking.check_tracking_server(tracking.resolve_tracking_uri(params.mlflow, root))
+
+    train_csv = root / layout.train_split(scenario)
+    cache = workspace_cache(root, params.data.image_size, params.data.max_pixels)
+    classes = params.data.classes
+    data = RunData(
+        cache.open_split(train_csv, classes, on_decode),
+        cache.open_split(root / layout.VAL_SPLIT, classes, on_decode),
+        cache.open_split(root / layout.TEST_SPLIT, classes, on_decode),
+    )
+    out_dir = root / layout.run_dir(scenario, method)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = layout.run_name(scenario, method)
+    with contextlib.ExitStack() as stack:
+        tracked = stack.enter_context(
+            tracking.tracked_run(params, root, scenario, method, train_csv)
+        )
+        bar = (
+            stack.enter_context(
+                training_bar(
+                    name, params.train.epochs, images_per_epoch(params, method, len(data.train))
+                )
+            )
+            if show_training
+            else None
+        )
+
+        def on_epoch(record: dict) -> None:
+            tracked.log_epoch(record, step=record["epoch"])
+            if bar is not None:
+                bar.epoch(record)
+
+        model, history, setup = fit(
+            params,
+            data,
+            method,
+            out_dir,
+            data_hash=sha256_file(train_csv),
+            on_epoch=on_epoch,
+            on_step=bar.step if bar is not None else None,
+        )
+        derived = fit_summary(setup, history, classes)
+        tracked.log_derived(derived)
+        batch = params.train.batch_size
+        metrics = {
+            "scenario": scenario,
+            "method": method,
+            **derived,
+            "val": evaluate(model, data.val, batch),
+            "test": evaluate(model, data.test, batch),
+        }
+        atomic.write_json(out_dir / layout.RUN_METRICS, metrics)
+        tracked.log_final(metrics, out_dir)
+        example = normalize(to_batch_tensor(data.val.images(range(2)))).numpy()
+        tracked.log_model(model.classifier_only(), example)
+        tracked.write_run_json(out_dir)
+    (out_dir / layout.RESUME_CHECKPOINT).unlink(missing_ok=True)
+    return metrics
+
+
+def summary(metrics: dict[str, Any]) -> list[str]:
+    name = layout.run_name(metrics["scenario"], metrics["method"])
+    return [
+        f"{name} {block}: accuracy {f['accuracy']:.3f}  G-Mean {f['g_mean']:.3f}  "
+        f"macro-F1 {f['macro_f1']:.3f}  F1 variance {f['f1_variance']:.4f}"
+        for block, f in ((block, metrics[block]) for block in ("val", "test"))
+    ]

@@ -1,0 +1,47 @@
+"""``dvc.yaml`` spells the paths of ``aider_edge.layout``: the two must agree, stage by stage."""
+
+from __future__ import annotations
+
+import yaml
+
+from aider_edge import layout
+from conftest import REPO_ROOT
+
+STAGES = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def paths(stage: str, field: str) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in STAGES[stage].get(field, [])]
+
+
+def test_stage_outputs_are_the_layouts_paths():
+    assert paths("ingest", "outs") == [layout.RAW_DIR.as_posix()]
+    assert paths("split", "outs") == [layout.SPLITS_DIR.as_posix()]
+    assert paths("report", "outs") == [layout.REPORTS_DIR.as_posix()]
+    assert paths("select", "outs") == [layout.SELECTED.as_posix()]
+    assert paths("export", "outs") == [layout.EXPORT_DIR.as_posix()]
+    assert paths("validate", "metrics") == [layout.VALIDATION.as_posix()]
+    run = layout.run_dir("${item.scenario}", "${item.method}").as_posix()
+    assert paths("train", "outs") == [f"{run}/{layout.RUN_MODEL}", f"{run}/{layout.RUN_INFO}"]
+    assert paths("train", "metrics") == [f"{run}/{layout.RUN_METRICS}"]
+    assert layout.train_split("${item.scenario}").as_posix() in paths("train", "deps")
+    assert paths("split", "deps")[0] == layout.MANIFEST.as_posix()
+
+
+def test_each_stage_depends_on_its_own_stage_module():
+    for name in ("ingest", "split", "train", "report", "select", "export", "validate"):
+        assert f"src/aider_edge/stages/{name}.py" in paths(name, "deps"), name
+        assert (REPO_ROOT / f"src/aider_edge/stages/{name}.py").is_file()
+
+
+def test_every_code_dependency_exists():
+    for name in STAGES:
+        for dep in paths(name, "deps"):
+            if dep.startswith("src/"):
+                assert (REPO_ROOT / dep).exists(), f"{name}: {dep}"
+
+
+def test_git_ignores_every_stage_output():
+    ignored = (REPO_ROOT / ".gitignore").read_text().split()
+    for top in {layout.MODELS_DIR, layout.SELECTION_DIR, layout.EXPORT_DIR, layout.VALIDATION_DIR}:
+        assert f"/{top.as_posix()}/" in ignored, top
