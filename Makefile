@@ -25,7 +25,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run serve test test-fast lint typecheck format bench bench-science clean
+.PHONY: setup run serve test test-fast lint typecheck format bench bench-gpu bench-science clean
 
 ## setup: create or update .venv from uv.lock (quick when nothing changed)
 setup: $(STAMP)
@@ -74,6 +74,11 @@ format: setup
 ## bench: the performance benchmarks (results in benchmarks/results/)
 bench: setup
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+## bench-gpu: training on a CUDA GPU (img/s per AMP mode and batch size, CPU/GPU parity, the
+## paper setup's wall time) into benchmarks/results/gpu.{json,md}; without CUDA it says so and stops
+bench-gpu: setup
+	$(BIN)/python benchmarks/bench_gpu.py
 
 ## bench-science: the seeded study on Fashion-MNIST and the synthetic data (about 40-90 min on
 ## 2 cores; resumable; installs the Debian package dataset-fashion-mnist when missing)

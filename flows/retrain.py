@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -41,15 +42,23 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Likewise MLflow's usage telemetry (1 s request timeouts offline, in every stage process).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+import cloudpickle
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from aider_edge import dvc_graph, layout, lineage, registry, tracking
+from aider_edge import dvc_graph, fanout, layout, lineage, registry, tracking
 from aider_edge.bundling import deployed_model_name
-from aider_edge.config import Params, load_params
+from aider_edge.config import FlowConfig, Params, load_params
+from aider_edge.data.cache import warm_cache
+from aider_edge.deployment import project_root
 from aider_edge.errors import AiderEdgeError
 from aider_edge.workspace_lock import workspace_lock
+
+if __name__ != "__main__" and __name__ in sys.modules:
+    # Dask workers on other hosts (flow.dask_address) cannot import this file by its name:
+    # ship its tasks by value (their aider_edge imports still resolve on the worker).
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 FLOW_NAME = "aider-edge-retrain"
 USER_ERROR_EXIT = 2  # aider-edge's exit code for a problem the user must fix: retrying is futile
@@ -58,9 +67,13 @@ USER_ERROR_EXIT = 2  # aider-edge's exit code for a problem the user must fix: r
 class StageFailed(AiderEdgeError):
     """A DVC stage exited non-zero; the message is the stage's own error line."""
 
-    def __init__(self, message: str, user_error: bool) -> None:
+    def __init__(self, message: str, user_error: bool, stage: str = "") -> None:
         super().__init__(message)
         self.user_error = user_error
+        self.stage = stage
+
+    def __reduce__(self):  # crosses process boundaries (Dask workers) with its fields
+        return type(self), (str(self), self.user_error, self.stage)
 
 
 # --- tasks ------------------------------------------------------------------------------------
@@ -83,10 +96,20 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
     cache_policy=NO_CACHE,
     retry_condition_fn=_retry_unless_user_error,
 )
-def run_stage(root: str, stage: str):
-    """One DVC stage: skipped when ``dvc status`` finds it up to date, else ``dvc repro``."""
+def run_stage(
+    root: str,
+    stage: str,
+    changes: dict[str, Any],
+    flow_cfg: FlowConfig,
+    remote: dict[str, Any] | None = None,
+):
+    """One DVC stage: ``Skipped`` when ``dvc status`` (asked by the flow) found it up to date,
+    else ``dvc repro`` in a subprocess, with this worker's threads and GPU.
+
+    ``remote`` (``flow.dask_address``): run it in this worker's own clone instead, at the flow's
+    commit, with its inputs pulled from and its outputs pushed to the DVC remote.
+    """
     logger = get_run_logger()
-    changes = dvc_graph.stage_changes(Path(root), stage)
     if not changes:
         logger.info("%s is up to date: skipped", stage)
         return Completed(
@@ -95,12 +118,22 @@ def run_stage(root: str, stage: str):
             data={"stage": stage, "ran": False, "seconds": 0.0},
         )
     logger.info("%s changed: %s", stage, json.dumps(changes, default=str)[:500])
-    started = time.monotonic()
+    workdir = Path(root)
+    if remote is not None:
+        try:
+            workdir = fanout.enter_worker_checkout(remote["snapshot"])
+            fanout.pull_inputs(workdir, remote["upstream"])
+        except AiderEdgeError as exc:
+            raise StageFailed(f"stage {stage} failed on its worker: {exc}", True, stage) from None
+    env = fanout.stage_env(flow_cfg)
+    if env:
+        logger.info("%s runs with %s", stage, " ".join(f"{k}={v}" for k, v in env.items()))
+    started, started_at = time.monotonic(), time.time()
     # Streamed line by line into the task's log, so a long stage shows its progress as it runs.
     with subprocess.Popen(
-        [dvc_graph.dvc_executable(), "repro", "--single-item", stage],
-        cwd=root,
-        env=dvc_graph.dvc_env(),
+        dvc_graph.wait_for_lock_repro(stage),
+        cwd=workdir,
+        env=dvc_graph.dvc_env() | env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -117,10 +150,108 @@ def run_stage(root: str, stage: str):
     if code != 0:
         output = "\n".join(lines)
         user_error = re.search(rf"exited with {USER_ERROR_EXIT}\b", output) is not None
-        raise StageFailed(dvc_graph.error_line(stage, output, code), user_error)
+        raise StageFailed(dvc_graph.error_line(stage, output, code), user_error, stage)
+    if remote is not None:
+        fanout.push_results(workdir, stage)
     seconds = round(time.monotonic() - started, 1)
     logger.info("%s ran in %.1f s", stage, seconds)
-    return {"stage": stage, "ran": True, "seconds": seconds}
+    return {
+        "stage": stage,
+        "ran": True,
+        "seconds": seconds,
+        "started_at": started_at,
+        "ended_at": time.time(),
+        "env": env,
+        "worker": f"{socket.gethostname()}:{workdir}",
+    }
+
+
+def run_waves(root: Path, params: Params) -> list[dict[str, Any]]:
+    """Every stage of ``dvc.yaml``, wave by wave (see :func:`aider_edge.dvc_graph.stage_waves`).
+
+    Which stages of a wave changed is decided here, in the flow's thread, once the waves before
+    it are done; the changed ones run at once on the workers (``flow.workers``). A failed stage
+    does not stop the others of its wave: their ``dvc.lock`` entries are kept, and then the flow
+    fails with the first failed stage's own error line.
+    """
+    cfg = params.flow
+    stage_task = run_stage.with_options(
+        retries=cfg.stage_retries, retry_delay_seconds=cfg.retry_delay_s
+    )
+    results: list[dict[str, Any]] = []
+    with fanout.task_runner(cfg) as runner:
+        for wave in dvc_graph.stage_waves(root):
+            changes = {stage: dvc_graph.stage_changes(root, stage) for stage in wave}
+            changed = [stage for stage in wave if changes[stage]]
+            if len(changed) > 1 and (cfg.workers > 1 or cfg.dask_address):
+                get_run_logger().info("%d stages at once: %s", len(changed), ", ".join(changed))
+                prepare_parallel_runs(root, params, changed)
+            # With a remote cluster, a stage goes to a worker only when DVC can hand it back
+            # through its run-cache; the others (report, select: small) run here.
+            sent = [s for s in changed if cfg.dask_address and dvc_graph.run_cacheable(root, s)]
+            remote = remote_inputs(root, params, sent)
+            futures = []
+            for stage in wave:
+                parameters = {
+                    "root": str(root),
+                    "stage": stage,
+                    "changes": changes[stage],
+                    "flow_cfg": cfg,
+                    "remote": remote.get(stage),
+                }
+                if cfg.dask_address and stage not in remote:  # the flow's own thread pool
+                    futures.append(stage_task.submit(str(root), stage, changes[stage], cfg))
+                else:
+                    futures.append(runner.submit(stage_task, parameters=parameters))
+            done, failures = wait_for_wave(wave, futures)
+            results += done
+            failed = {f.stage for f in failures}
+            for stage in remote:  # what the workers finished, recorded here
+                if stage not in failed:
+                    fanout.restore_from_run_cache(root, stage)
+            if failures:
+                raise failures[0]
+    return results
+
+
+def wait_for_wave(wave: list[str], futures: list[Any]) -> tuple[list[dict], list[StageFailed]]:
+    """Every stage's result once all of the wave are done, and the failures in wave order."""
+    for future in futures:
+        future.wait()
+    results, failures = [], []
+    for stage, future in zip(wave, futures, strict=True):
+        try:
+            # a skipped stage's task ends in its own Completed state named Skipped;
+            # .result() gives its data, or raises the stage's error when it failed.
+            results.append(future.state.result())
+        except StageFailed as exc:
+            failures.append(exc)
+        except Exception as exc:  # a crash outside the stage (Prefect, Dask)
+            failures.append(StageFailed(f"stage {stage} crashed: {exc}", False, stage))
+    for failure in failures:
+        get_run_logger().error("%s", failure)
+    return results, failures
+
+
+def remote_inputs(root: Path, params: Params, stages: list[str]) -> dict[str, dict[str, Any]]:
+    """Per changed stage, what its remote worker needs; the inputs are on the DVC remote first."""
+    if not stages:
+        return {}
+    lineage.push_outputs(root, os.environ.get("AIDER_EDGE_DVC_REMOTE") or params.dvc.remote)
+    state = fanout.snapshot(root)
+    return {
+        stage: {"snapshot": state, "upstream": dvc_graph.upstream_stages(root, stage)}
+        for stage in stages
+    }
+
+
+def prepare_parallel_runs(root: Path, params: Params, stages: list[str]) -> None:
+    """Before several stages start at once: the MLflow experiment exists (two runs creating it
+    together would race), and every image is decoded once (not by each run)."""
+    if any(stage.startswith("train@") for stage in stages):
+        tracking.prepare_experiment(params, root)
+        if not params.flow.dask_address:  # remote workers decode in their own clones
+            warm_cache(params, root)
 
 
 @task(name="version-data", cache_policy=NO_CACHE)
@@ -196,18 +327,15 @@ def retrain(project_dir: str = ".", publish_bundle: bool = True) -> dict[str, An
     """Run the DVC stages, version the data, register, promote and publish (see the module doc)."""
     logger = get_run_logger()
     started = time.monotonic()
-    root = Path(project_dir).resolve()
+    root = project_root(project_dir)  # the deployment passes $AIDER_EDGE_CHECKOUT
     params = load_params(root / layout.PARAMS_FILE)
     with workspace_lock(root, timeout_s=params.flow.lock_timeout_s, label=FLOW_NAME):
         # Before any stage: a store that is down must not cost a training run.
-        tracking.check_tracking_server(tracking.resolve_tracking_uri(params.mlflow, root))
+        uri = tracking.resolve_tracking_uri(params.mlflow, root)
+        tracking.check_tracking_server(uri)
+        fanout.check_tracking_store(params.flow, uri)
         stages = dvc_graph.stage_order(root)
-        stage_task = run_stage.with_options(
-            retries=params.flow.stage_retries, retry_delay_seconds=params.flow.retry_delay_s
-        )
-        # return_state: a skipped stage's task ends in its own Completed state named Skipped;
-        # .result() gives its data, or raises the stage's error when it failed.
-        results = [stage_task(str(root), s, return_state=True).result() for s in stages]
+        results = sorted(run_waves(root, params), key=lambda r: stages.index(r["stage"]))
         ran = [r["stage"] for r in results if r["ran"]]
         skipped = [r["stage"] for r in results if not r["ran"]]
         summary: dict[str, Any] = {"stages": results, "ran": ran, "skipped": skipped}
@@ -268,12 +396,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # Checked before Prefect starts (its temporary server alone takes seconds).
-        params = load_params(Path(args.project_dir) / layout.PARAMS_FILE)
+        params = load_params(project_root(args.project_dir) / layout.PARAMS_FILE)
         if args.serve:
             retrain.serve(
                 name=FLOW_NAME,
                 cron=params.flow.cron,
-                parameters={"project_dir": str(Path(args.project_dir).resolve())},
+                parameters={"project_dir": str(project_root(args.project_dir))},
             )
             return 0
         summary = retrain(project_dir=args.project_dir, publish_bundle=not args.no_publish)

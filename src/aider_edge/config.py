@@ -260,10 +260,32 @@ class TrainConfig(_Section):
     """torch intra-op threads; 0 = all cores."""
     channels_last: bool = True
     """NHWC memory format for the convolutions (measured faster on x86 CPUs, see
-    benchmarks/results/training.md)."""
-    bf16: bool = False
-    """bfloat16 autocast for forward passes in training (measured no faster here; for CPUs with
-    fast bf16 matrix units and for GPUs)."""
+    benchmarks/results/training.md; cuDNN's fast kernels for half precision want it too)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where training runs: ``auto`` takes CUDA when torch sees a GPU and the CPU otherwise;
+    ``cuda`` stops with one line on a host without one."""
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    """Mixed precision for the training forward passes: bfloat16 or float16 autocast (float16
+    with a gradient scaler); ``none`` = float32. The losses stay float32 and evaluation runs in
+    float32 either way. On CPUs bf16 measured no faster (benchmarks/results/training.md)."""
+    deterministic: bool = False
+    """On CUDA: deterministic cuDNN kernels and no cuDNN autotuning (slower). A few CUDA kernels
+    (e.g. the backward of average pooling) have no deterministic version, so runs on a GPU can
+    still differ in the last bits; CPU runs are reproducible either way."""
+    compile: bool = False
+    """``torch.compile`` the training forward pass (compiling takes minutes first; for GPUs)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "bf16" in raw:
+            raise _KeyedError(
+                ("train", "bf16"),
+                raw["bf16"],
+                "unknown key: it was renamed to train.amp (none | bf16 | fp16); "
+                "bf16: true is now amp: bf16",
+            )
+        return raw
 
 
 class LossConfig(_Section):
@@ -459,6 +481,13 @@ class FlowConfig(_Section):
     """How long a second flow run on the same workspace waits for the first; 0 = stop at once."""
     bundle_dir: Annotated[str, Field(min_length=1)] = "dist/bundle"
     """Where the champion's drone bundle is published (``aider-edge bundle --alias champion``)."""
+    workers: PositiveInt = 1
+    """Stages of one wave (the training runs) run at once on this many workers of a local Dask
+    cluster; 1 runs them one after another. CPU threads are divided among the workers."""
+    gpus: list[NonNegativeInt] = Field(default_factory=list)
+    """GPU ids to pin, one per worker (worker i gets ``gpus[i % len(gpus)]``); empty: no pinning."""
+    dask_address: str | None = None
+    """An existing Dask scheduler (``tcp://host:8786``) to run the stages on instead."""
 
     @field_validator("cron")
     @classmethod

@@ -79,3 +79,45 @@ def error_line(stage: str, output: str, code: int) -> str:
     dvc_errors = [line for line in lines if line.startswith("ERROR")]
     last = dvc_errors[-1] if dvc_errors else (lines[-1] if lines else "no output")
     return f"stage {stage} failed (exit {code}): {last}"
+
+
+def stage_waves(root: Path) -> list[list[str]]:
+    """The stages grouped into waves that can run at once: every stage of a wave depends only on
+    stages of earlier waves (all ``train@*`` runs form one). Within a wave, ``dvc.yaml`` order."""
+    import networkx as nx
+
+    root = Path(root).resolve()
+    order = stage_order(root)
+    with in_repo(root) as repo:
+        upstream_first = repo.index.graph.reverse(copy=True)
+        waves = [
+            sorted((_address(stage, root) for stage in generation), key=order.index)
+            for generation in nx.topological_generations(upstream_first)
+        ]
+    return [wave for wave in waves if wave]
+
+
+def wait_for_lock_repro(stage: str) -> list[str]:
+    """The command that runs one stage: ``--wait-for-lock`` lets several run in one workspace
+    (DVC holds the repository lock while it records a stage, not while the stage's command runs)."""
+    return [dvc_executable(), "--wait-for-lock", "repro", "--single-item", stage]
+
+
+def upstream_stages(root: Path, stage: str) -> list[str]:
+    """The stages ``stage`` depends on directly (their outputs are its inputs)."""
+    root = Path(root).resolve()
+    with in_repo(root) as repo:
+        target = next(s for s in repo.index.stages if _address(s, root) == stage)
+        return sorted(_address(s, root) for s in repo.index.graph.successors(target))
+
+
+def run_cacheable(root: Path, stage: str) -> bool:
+    """Whether another workspace can hand ``stage`` back through DVC's run-cache: DVC keeps an
+    entry for it and every output's content travels with ``dvc push`` (``cache: false`` outputs,
+    metrics included, do not)."""
+    from dvc.stage.cache import _can_hash
+
+    root = Path(root).resolve()
+    with in_repo(root) as repo:
+        target = next(s for s in repo.index.stages if _address(s, root) == stage)
+        return bool(_can_hash(target)) and all(out.use_cache for out in target.outs)

@@ -49,18 +49,25 @@ def supervised_contrastive_loss(embeddings: Tensor, labels: Tensor, temperature:
     Half-precision inputs are computed in float32. There is no ``T / base_T`` factor (the reference
     code has one; it would rescale the loss with ``T`` and cancel part of lambda's adaptation).
 
-    Returns a scalar. When no anchor has a positive it returns ``embeddings.sum() * 0.0``: a zero
-    that is still attached to the graph, so ``backward()`` works and gives zero gradients.
+    Returns a scalar. When no anchor has a positive it returns a zero that is still attached to
+    the graph (``embeddings.sum() * 0.0`` on the CPU), so ``backward()`` works and gives zero
+    gradients.
+
+    On a GPU nothing is read back to the host: ``bool()`` of a device tensor and boolean indexing
+    each make the host wait for the device, every step. There the mean over anchors with a
+    positive is a masked sum over a device-side count instead; the CPU keeps the indexed form,
+    whose summation order is the one the recorded CPU runs used.
     """
     _check_supcon_inputs(embeddings, labels, temperature)
     if embeddings.dtype in (torch.float16, torch.bfloat16):
         embeddings = embeddings.float()
     n = embeddings.shape[0]
+    on_host = embeddings.device.type == "cpu"
     self_mask = torch.eye(n, dtype=torch.bool, device=embeddings.device)
     pos_mask = (labels[:, None] == labels[None, :]) & ~self_mask
     pos_count = pos_mask.sum(dim=1)
     has_pos = pos_count > 0
-    if not bool(has_pos.any()):
+    if on_host and not bool(has_pos.any()):
         return embeddings.sum() * 0.0
 
     z = F.normalize(embeddings, dim=1)
@@ -69,8 +76,17 @@ def supervised_contrastive_loss(embeddings: Tensor, labels: Tensor, temperature:
     # Zero everything that is not a positive, the -inf diagonal included, before summing: a sum
     # over the mask by multiplication would give -inf * 0 = nan.
     pos_log_prob = log_prob.masked_fill(~pos_mask, 0.0).sum(dim=1)
-    per_anchor = -pos_log_prob[has_pos] / pos_count[has_pos]
-    return per_anchor.mean()
+    if on_host:
+        return (-pos_log_prob[has_pos] / pos_count[has_pos]).mean()
+    return masked_anchor_mean(pos_log_prob, pos_count)
+
+
+def masked_anchor_mean(pos_log_prob: Tensor, pos_count: Tensor) -> Tensor:
+    """``mean(-pos_log_prob / pos_count)`` over the anchors with ``pos_count > 0`` (0 when there
+    are none), with no host read: the device path of :func:`supervised_contrastive_loss`."""
+    has_pos = pos_count > 0
+    per_anchor = (-pos_log_prob / pos_count.clamp(min=1)).masked_fill(~has_pos, 0.0)
+    return per_anchor.sum() / has_pos.sum().clamp(min=1)
 
 
 def _check_supcon_inputs(embeddings: Tensor, labels: Tensor, temperature: float) -> None:
@@ -107,12 +123,11 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor
     return F.cross_entropy(logits, labels, weight=weight)
 
 
-def _counts_tensor(class_counts: Sequence[int], like: Tensor) -> Tensor:
+def _counts_tensor(class_counts: Sequence[int], n_classes: int) -> Tensor:
     counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
-    if counts.ndim != 1 or counts.shape[0] != like.shape[-1]:
+    if counts.ndim != 1 or counts.shape[0] != n_classes:
         raise ValueError(
-            f"class_counts must list one count per class (K={like.shape[-1]}), "
-            f"got {list(class_counts)}"
+            f"class_counts must list one count per class (K={n_classes}), got {list(class_counts)}"
         )
     if not bool((counts > 0).all()):
         raise ValueError(f"every class needs a positive training count, got {list(class_counts)}")
@@ -133,10 +148,20 @@ def logit_adjusted_cross_entropy(
     so the raw logits (what is exported) estimate the balanced posterior. ``tau = 1`` is the
     balanced softmax (Ren et al. 2020); ``tau = 0`` is plain CE. Mean over the batch.
     """
+    _check_tau(tau)
+    counts = _counts_tensor(class_counts, logits.shape[-1])
+    return _adjusted_cross_entropy(logits, labels, torch.log(counts / counts.sum()), tau)
+
+
+def _check_tau(tau: float) -> None:
     if not tau >= 0:
         raise ValueError(f"logit adjustment tau must be >= 0, got {tau}")
-    counts = _counts_tensor(class_counts, logits)
-    log_prior = torch.log(counts / counts.sum()).to(device=logits.device, dtype=logits.dtype)
+
+
+def _adjusted_cross_entropy(
+    logits: Tensor, labels: Tensor, log_prior: Tensor, tau: float
+) -> Tensor:
+    log_prior = log_prior.to(device=logits.device, dtype=logits.dtype)
     return F.cross_entropy(logits + tau * log_prior, labels)
 
 
@@ -252,25 +277,83 @@ class PriorLoss:
         return effective_number_weights(self.class_counts, self.drw_beta)
 
 
-def prior_loss(method: str, logits: Tensor, labels: Tensor, prior: PriorLoss, epoch: int) -> Tensor:
-    """The classification loss of one of :data:`PRIOR_METHODS` at ``epoch``."""
+@dataclass(frozen=True)
+class PriorTensors:
+    """What a prior-aware method derives from the class counts, as tensors on one device.
+
+    The training loop makes them once per run with :func:`prior_tensors`: derived in every step,
+    each would be a host-to-device copy, which on a GPU makes the host wait for the device.
+    Fields the method does not use are ``None``.
+    """
+
+    log_prior: Tensor | None = None  # logit_adjusted: log(n_c / n), float64
+    margins: Tensor | None = None  # ldam_drw
+    drw_weights: Tensor | None = None  # ldam_drw, from drw_epoch on
+    cb_weights: Tensor | None = None  # cb_focal
+
+
+def prior_tensors(
+    method: str, prior: PriorLoss, device: torch.device | str = "cpu"
+) -> PriorTensors:
+    """The constants of ``method``'s loss on ``device`` (checks the counts and knobs once)."""
+    counts = prior.class_counts
     if method == "logit_adjusted":
-        return logit_adjusted_cross_entropy(logits, labels, prior.class_counts, prior.la_tau)
+        _check_tau(prior.la_tau)
+        tensor = _counts_tensor(counts, len(counts))
+        return PriorTensors(log_prior=torch.log(tensor / tensor.sum()).to(device))
     if method == "ldam_drw":
-        _counts_tensor(prior.class_counts, logits)
-        margins = ldam_margins(prior.class_counts, prior.ldam_max_margin)
+        return PriorTensors(
+            margins=ldam_margins(counts, prior.ldam_max_margin).to(device),
+            drw_weights=effective_number_weights(counts, prior.drw_beta).to(device),
+        )
+    if method == "cb_focal":
+        return PriorTensors(cb_weights=effective_number_weights(counts, prior.cb_beta).to(device))
+    raise ValueError(f"{method!r} is not one of {', '.join(PRIOR_METHODS)}")
+
+
+def prior_loss(
+    method: str,
+    logits: Tensor,
+    labels: Tensor,
+    prior: PriorLoss,
+    epoch: int,
+    tensors: PriorTensors | None = None,
+) -> Tensor:
+    """The classification loss of one of :data:`PRIOR_METHODS` at ``epoch``.
+
+    ``tensors``: the method's :func:`prior_tensors` on the logits' device; derived here when not
+    given.
+    """
+    if tensors is None:
+        tensors = prior_tensors(method, prior, logits.device)
+    if len(prior.class_counts) != logits.shape[-1]:
+        raise ValueError(
+            f"class_counts must list one count per class (K={logits.shape[-1]}), "
+            f"got {list(prior.class_counts)}"
+        )
+    if method == "logit_adjusted":
+        log_prior = _present(tensors.log_prior, method)
+        return _adjusted_cross_entropy(logits, labels, log_prior, prior.la_tau)
+    if method == "ldam_drw":
+        # Deferred re-weighting: unweighted before drw_epoch (see PriorLoss).
+        weights = _present(tensors.drw_weights, method) if epoch >= prior.drw_epoch else None
         return ldam_loss(
             logits,
             labels,
-            margins,
+            _present(tensors.margins, method),
             scale=prior.ldam_scale,
-            class_weights=prior.drw_weights(epoch),
+            class_weights=weights,
         )
     if method == "cb_focal":
-        _counts_tensor(prior.class_counts, logits)
-        weights = effective_number_weights(prior.class_counts, prior.cb_beta)
+        weights = _present(tensors.cb_weights, method)
         return class_balanced_focal_loss(logits, labels, weights, prior.focal_gamma)
     raise ValueError(f"{method!r} is not one of {', '.join(PRIOR_METHODS)}")
+
+
+def _present(tensor: Tensor | None, method: str) -> Tensor:
+    if tensor is None:
+        raise ValueError(f"these prior tensors were not made for {method!r} (see prior_tensors)")
+    return tensor
 
 
 @dataclass
@@ -296,6 +379,7 @@ def method_loss(
     tau: float | None = None,
     lambda_: float | None = None,
     prior: PriorLoss | None = None,
+    prior_tensors: PriorTensors | None = None,
     epoch: int = 0,
 ) -> LossParts:
     """The loss of one training method on one batch.
@@ -307,14 +391,15 @@ def method_loss(
     - ``supcon_fixed``: the same formula; the caller passes the unadapted ``tau0``/``lambda0``.
     - ``logit_adjusted``, ``ldam_drw``, ``cb_focal``: :func:`prior_loss` with ``prior`` (the class
       counts and knobs) at ``epoch`` (LDAM's deferred re-weighting depends on it); reported as
-      ``ce``, with a zero ``supcon``.
+      ``ce``, with a zero ``supcon``. ``prior_tensors``: its constants made once on the training
+      device (:func:`prior_tensors`); derived in every call without them.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
     if method in PRIOR_METHODS:
         if prior is None:
             raise ValueError(f"method {method!r} needs prior (the training class counts)")
-        ce = prior_loss(method, logits, labels, prior, epoch)
+        ce = prior_loss(method, logits, labels, prior, epoch, prior_tensors)
         return LossParts(total=ce, ce=ce, supcon=ce.new_zeros(()))
     if method in _WEIGHTED:
         if class_weights is None:

@@ -58,10 +58,14 @@ class TrainingBar:
         )
         self._loss: float | None = None
 
-    def step(self, images: int, loss: float) -> None:
+    def step(self, images: int, loss: float | None = None) -> None:
+        """``images`` done; ``loss`` when the training loop read one (it does not every step:
+        on a GPU each read waits for the device)."""
+        self._bar.update(images)
+        if loss is None:
+            return
         # An exponential average: one noisy batch should not make the bar jump.
         self._loss = loss if self._loss is None else 0.9 * self._loss + 0.1 * loss
-        self._bar.update(images)
         self._bar.set_postfix(loss=f"{self._loss:.3f}", refresh=False)
 
     def epoch(self, record: dict) -> None:

@@ -17,7 +17,8 @@ Where things go
 
 Run contents
     * name ``<scenario>-<method>``; tags :data:`TAG_SCENARIO`, :data:`TAG_METHOD` and the lineage
-      tags of :func:`aider_edge.lineage.lineage_tags`.
+      tags of :func:`aider_edge.lineage.lineage_tags`; the training device as tags ``device``,
+      ``gpu_name``, ``cuda_version``, ``cudnn_version`` (:meth:`RunTracker.log_device`).
     * params: every key of params.yaml flattened with dots (``train.lr``, ``loss.tau0``,
       ``split.scenarios.s1``, ``validate.fp32_atol``); lists are JSON strings; then the derived
       figures (``sigma``, ``tau``, ``lambda``, ``class_count.<class>``, ...) via
@@ -264,6 +265,8 @@ class RunTracker:
         self.method = method
         self.model_uri: str | None = None
         """``models:/<model_id>`` of the logged classifier, once :meth:`log_model` ran."""
+        self.device: dict[str, Any] = {}
+        """What trained the run (:meth:`log_device`), also written to ``run.json``."""
         self._next_step = 0  # one past the last epoch step logged
 
     # params and metrics go through the client, bound to this run id
@@ -279,6 +282,17 @@ class RunTracker:
         metrics = [Metric(k, float(v), now, int(step)) for k, v in values.items()]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_device(self, info: Mapping[str, Any]) -> None:
+        """The training device (``device``, ``gpu_name``, ``cuda_version``, ``cudnn_version``;
+        ``None`` on the CPU) as run tags, skipping ``None``, and into ``run.json``. Tags, not
+        params: the params hold ``train.device`` as asked (``auto``), the tags what ran."""
+        from mlflow.entities import RunTag
+
+        self.device = dict(info)
+        tags = [RunTag(_key(k), str(v)) for k, v in self.device.items() if v is not None]
+        if tags:
+            self.client.log_batch(self.run_id, tags=tags)
 
     def log_derived(self, record: Mapping[str, Any]) -> None:
         """Figures derived from the training split, as params.
@@ -419,11 +433,13 @@ class RunTracker:
 
     def write_run_json(self, out_dir: Path) -> Path:
         """``out_dir/run.json``: ``run_id``, ``experiment_id``, ``tracking_uri`` (credentials
-        removed), plus ``model_uri`` once a model was logged (what the registry registers)."""
-        payload = {
+        removed), plus ``model_uri`` once a model was logged (what the registry registers) and
+        the training device's keys once :meth:`log_device` ran."""
+        payload: dict[str, Any] = {
             "run_id": self.run_id,
             "experiment_id": self.experiment_id,
             "tracking_uri": redact_uri(self.tracking_uri),
+            **self.device,
         }
         if self.model_uri is not None:
             payload["model_uri"] = self.model_uri
@@ -500,6 +516,19 @@ def _open(params: Params, root: Path):
     check_tracking_server(uri)
     client = MlflowClient(tracking_uri=uri)
     return uri, client, _experiment_id(client, params.mlflow.experiment, uri)
+
+
+def prepare_experiment(params: Params, root: Path) -> str:
+    """Create the store's tables and the experiment now; its id.
+
+    Training runs started together would otherwise race to create both.
+    """
+    return _open(params, root)[2]
+
+
+def is_local_store(uri: str) -> bool:
+    """A sqlite database or a folder on this machine, which other hosts cannot reach."""
+    return _local_store_path(uri) is not None
 
 
 @contextlib.contextmanager

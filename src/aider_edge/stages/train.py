@@ -1,7 +1,8 @@
 """``train@<scenario>-<method>``: one tracked training run -> ``models/<scenario>-<method>/``.
 
-Writes ``model.pt`` (the best validation epoch), ``metrics.json`` and ``run.json``; the per-epoch
-``checkpoint.pt`` lets an interrupted run resume and is removed once the run finishes.
+Writes ``model.pt`` (the best validation epoch), ``metrics.json`` and ``run.json`` (with the
+device the run trained on); the per-epoch ``checkpoint.pt`` lets an interrupted run resume and is
+removed once the run finishes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aider_edge.config import Params
 from aider_edge.data.augment import normalize
 from aider_edge.data.cache import workspace_cache
 from aider_edge.data.loader import to_batch_tensor
+from aider_edge.device import device_info, training_device
 from aider_edge.digest import sha256_file
 from aider_edge.errors import ConfigError
 from aider_edge.progress import Progress, training_bar
@@ -48,6 +50,8 @@ def run(
     ``show_training`` draws the run's bar (images/s, loss) and one line per epoch on stderr.
     """
     check_run(params, scenario, method)
+    # Before MLflow and decoding: a host that cannot run train.device / train.amp is a config error.
+    device = training_device(params.train)
     tracking.check_tracking_server(tracking.resolve_tracking_uri(params.mlflow, root))
 
     train_csv = root / layout.train_split(scenario)
@@ -65,6 +69,7 @@ def run(
         tracked = stack.enter_context(
             tracking.tracked_run(params, root, scenario, method, train_csv)
         )
+        tracked.log_device(device_info(device))
         bar = (
             stack.enter_context(
                 training_bar(
@@ -88,6 +93,7 @@ def run(
             data_hash=sha256_file(train_csv),
             on_epoch=on_epoch,
             on_step=bar.step if bar is not None else None,
+            device=device,
         )
         derived = fit_summary(setup, history, classes)
         tracked.log_derived(derived)
@@ -101,6 +107,7 @@ def run(
         }
         atomic.write_json(out_dir / layout.RUN_METRICS, metrics)
         tracked.log_final(metrics, out_dir)
+        model.cpu()  # the logged model must load on hosts without the training device
         example = normalize(to_batch_tensor(data.val.images(range(2)))).numpy()
         tracked.log_model(model.classifier_only(), example)
         tracked.write_run_json(out_dir)
