@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +60,68 @@ def write_image_tree(root: Path, per_class: dict[str, int], size: int = 16, seed
             Image.fromarray(pixels).save(root / label / f"{label}_{i:03d}.png")
 
 
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """The process umask set to ``mask`` for the block (the modes of new files follow it)."""
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
 @pytest.fixture
 def aider_classes() -> list[str]:
     return list(AIDER_CLASSES)
+
+
+# --- a workspace where `aider-edge train --scenario even --method baseline` runs in seconds ----
+
+RUN_WORKSPACE = {
+    "seed": 1,
+    "data": {"source": "folder", "path": "tree", "classes": ["a", "b", "c"], "image_size": 32},
+    "split": {
+        "train_size": 18,
+        "val_per_class": 2,
+        "test_per_class": 2,
+        "scenarios": {"even": [1 / 3, 1 / 3, 1 / 3]},
+    },
+    "train": {
+        "scenarios": ["even"],
+        "methods": ["baseline"],
+        "epochs": 1,
+        "batch_size": 6,
+        "num_threads": 1,
+    },
+}
+RUN_ARGS = ["train", "--scenario", "even", "--method", "baseline"]
+
+
+@pytest.fixture
+def run_workspace(tmp_path, monkeypatch, capsys):
+    """``make(**train)``: the cwd becomes a project with params.yaml (``train`` keys replaced),
+    an ingested pool of 36 tiny images, its splits and a local MLflow store, run by the CLI as a
+    user would; the store's set-up log lines are discarded so a test sees only its command's."""
+    from aider_edge import cli, tracking
+    from aider_edge.config import load_params
+
+    def make(**train) -> Path:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        write_image_tree(tmp_path / "tree", {"a": 12, "b": 12, "c": 12}, size=16)
+        raw = deep_update(copy.deepcopy(RUN_WORKSPACE), {"train": train})
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+        assert cli.main(["ingest"]) == 0 and cli.main(["split"]) == 0
+        tracking.prepare_experiment(load_params(tmp_path / "params.yaml"), tmp_path)
+        capsys.readouterr()
+        return tmp_path
+
+    yield make
+    import mlflow
+
+    if mlflow.active_run() is not None:  # a failed test must not leak an active run
+        mlflow.end_run("FAILED")
+    mlflow.set_tracking_uri(None)
 
 
 # --- a real project in a temporary git + DVC repository -------------------------------------

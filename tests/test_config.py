@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from aider_edge import cli
 from aider_edge.config import PAPER_SCENARIOS, load_params, parse_params
 from aider_edge.errors import ConfigError
 from conftest import REPO_ROOT
@@ -168,3 +169,52 @@ def test_paper_params_load_with_the_papers_settings():
     assert (params.data.image_size, params.split.train_size) == (224, 1500)
     assert params.model.weights == "imagenet" and params.data.source == "folder"
     assert params.split.scenarios == PAPER_SCENARIOS
+
+
+# --- params as users write them ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1e-4", 1e-4), ("5E-5", 5e-5), ("+1e2", 100.0), ("2.5e+3", 2500.0), (".5", 0.5)],
+)
+def test_numbers_with_an_exponent_are_floats_as_in_yaml_1_2(tmp_path, text, value):
+    # YAML 1.1 (PyYAML's default) reads 1e-4 as the string '1e-4'; YAML 1.2, DVC and users don't.
+    path = tmp_path / "params.yaml"
+    path.write_text(f"train:\n  lr: {text}\n  weight_decay: {text}\n")
+    params = load_params(path)
+    assert params.train.lr == value and isinstance(params.train.lr, float)
+    assert params.train.weight_decay == value
+
+
+def test_other_scalars_keep_their_yaml_types(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 10\ndata: {path: 1e, sha256: null}\ntrain: {lr: .inf}\n")
+    params = load_params(path)
+    assert params.seed == 10 and isinstance(params.seed, int)
+    assert params.data.path == "1e" and params.data.sha256 is None
+    assert params.train.lr == float("inf")
+
+
+def test_the_cli_reads_an_exponent_lr_as_a_number(tmp_path, monkeypatch, capsys):
+    # The run is refused for its method, after params.yaml loaded: train.lr is not the problem.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 1e-4\n")
+    assert cli.main(["train", "--scenario", "s1", "--method", "wce"]) == cli.EXIT_USER_ERROR
+    assert capsys.readouterr().err == (
+        "aider-edge train: error: method 'wce' is not in train.methods (baseline, adaptive)\n"
+    )
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# all commented out\n# seed: 1\n", "null\n", "~\n"])
+def test_an_empty_params_file_is_one_line_not_the_code_defaults(
+    tmp_path, monkeypatch, capsys, text
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(text)
+    assert cli.main(["split"]) == cli.EXIT_USER_ERROR
+    assert capsys.readouterr().err == (
+        "aider-edge split: error: params.yaml: the file is empty (no sections, only comments or "
+        "null): restore it (git checkout params.yaml) or write the sections to set\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

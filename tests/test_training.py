@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import re
+import stat
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-from aider_edge import training
+from aider_edge import cli, training
 from aider_edge.config import parse_params
 from aider_edge.data.cache import DecodedSplit
 from aider_edge.data.loader import (
@@ -24,6 +26,7 @@ from aider_edge.data.loader import (
     to_batch_tensor,
 )
 from aider_edge.training import CHECKPOINT, RunData, TrainingDiverged, loss_setup, train
+from conftest import RUN_ARGS, umask
 
 CLASSES = ("a", "b", "c")
 
@@ -104,10 +107,64 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(training, "method_loss", poisoned)
     with pytest.raises(
-        TrainingDiverged, match=r"became nan at epoch 1, step 2; the last good checkpoint"
+        TrainingDiverged,
+        match=r"became nan at epoch 1, step 2; the checkpoint of epoch 0 is kept: lower train.lr",
     ):
         train(params, data, "wce", tmp_path, data_hash="h")
     assert (tmp_path / CHECKPOINT).read_bytes() == good
+
+
+def test_a_run_diverging_in_its_first_epoch_says_there_is_no_checkpoint(run_workspace, capsys):
+    root = run_workspace(lr=float("inf"))  # params.yaml says `lr: .inf`
+    assert "lr: .inf" in (root / "params.yaml").read_text()
+    assert cli.main(RUN_ARGS) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 1
+    # The last line; the lines before it are the decode and training progress bars.
+    assert re.fullmatch(
+        r"aider-edge train: error: the baseline loss became nan at epoch 0, step \d+; no epoch "
+        r"finished, so there is no checkpoint to resume: lower train.lr or check the data",
+        err.splitlines()[-1],
+    )
+    assert list((root / "models" / "even-baseline").iterdir()) == []  # nothing half-written
+
+
+def test_a_corrupt_resume_checkpoint_is_set_aside_and_the_run_starts_over(run_workspace, capsys):
+    root = run_workspace()
+    run_dir = root / "models" / "even-baseline"
+    run_dir.mkdir(parents=True)
+    (run_dir / CHECKPOINT).write_bytes(b"\x80\x02 a checkpoint cut short")
+    with umask(0o022):
+        assert cli.main(RUN_ARGS) == 0
+    err = capsys.readouterr().err
+    warning = (
+        f"warning: {run_dir / CHECKPOINT} cannot be read (UnpicklingError); moved it to "
+        "checkpoint.pt.corrupt and started the run over"
+    )
+    assert err.splitlines().count(warning) == 1 and "Traceback" not in err
+    assert (run_dir / "checkpoint.pt.corrupt").read_bytes() == b"\x80\x02 a checkpoint cut short"
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoint.pt.corrupt",
+        "metrics.json",
+        "model.pt",
+        "run.json",
+    ]
+    # Readable by a worker or server running as another user (not mkstemp's 0600).
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in run_dir.iterdir()} == {
+        "checkpoint.pt.corrupt": 0o644,
+        "metrics.json": 0o644,
+        "model.pt": 0o644,
+        "run.json": 0o644,
+    }
+
+
+def test_a_checkpoint_that_is_no_training_state_is_set_aside_too(data, tmp_path, capsys):
+    torch.save(torch.ones(2), tmp_path / CHECKPOINT)
+    _, history, _ = train(tiny_params(epochs=1), data, "baseline", tmp_path, data_hash="h")
+    assert len(history.epochs) == 1 and (tmp_path / "checkpoint.pt.corrupt").is_file()
+    assert "holds a Tensor, not a training checkpoint; moved it to checkpoint.pt.corrupt" in (
+        capsys.readouterr().err
+    )
 
 
 def test_loss_setup_follows_the_method():

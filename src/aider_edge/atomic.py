@@ -3,6 +3,10 @@
 Everything is written to a temporary sibling first and renamed into place, so a crash or Ctrl-C
 leaves either the old file or the new one, never a torn one. Sibling temporaries keep the rename on
 one filesystem, where it is atomic.
+
+The temporaries are created with the modes a plain ``open`` or ``mkdir`` would give (0644 and
+0755 under umask 022), not ``tempfile``'s private 0600 and 0700: the renamed file is the artifact,
+and a worker or web server running as another user must be able to read ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ import contextlib
 import csv
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +30,7 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_sibling(target, suffix, lambda path: os.close(_new_file(path)))
     try:
         yield tmp
         os.replace(tmp, target)
@@ -65,7 +65,7 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = _create_sibling(target, "", lambda path: os.mkdir(path, 0o777))  # minus the umask
     try:
         yield tmp
         old = None
@@ -79,3 +79,27 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+_ATTEMPTS = 100
+
+
+def _new_file(path: Path) -> int:
+    # O_EXCL: never reuse a name another writer holds; 0o666 minus the umask, as open() gives.
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+
+
+def _create_sibling(target: Path, suffix: str, create: Callable[[Path], None]) -> Path:
+    """Create a hidden, randomly named sibling of ``target`` with ``create``; return its path.
+
+    ``tempfile`` would do this, but it creates with mode 0600 / 0700 whatever the umask, and the
+    umask cannot be read without setting it (a race with other threads creating files).
+    """
+    for _ in range(_ATTEMPTS):
+        path = target.with_name(f".{target.name}.{secrets.token_hex(4)}{suffix}.tmp")
+        try:
+            create(path)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temporary name beside {target}")

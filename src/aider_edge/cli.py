@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, get_args
 
 from aider_edge import layout
 from aider_edge.errors import AiderEdgeError
@@ -199,6 +199,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose help texts can be computed when help is shown.
+
+    The method list comes from :mod:`aider_edge.config`, which imports pydantic and yaml; built
+    into every parser it would load them for ``predict`` on the drone, which has neither.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help_later: list[tuple[argparse.Action, Callable[[], str]]] = []
+
+    def format_help(self) -> str:
+        for action, text in self.help_later:
+            action.help = text()
+        return super().format_help()
+
+
+def _methods_help() -> str:
+    from aider_edge.config import Method
+
+    return f"a method of train.methods: {', '.join(get_args(Method))}"
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -211,11 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aider-edge",
         description="Imbalance-robust aerial emergency classifiers, from data to drone.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
-    def stage(
-        name: str, func: Callable[[argparse.Namespace], int], help_text: str
-    ) -> argparse.ArgumentParser:
+    def stage(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> _Parser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
         p.set_defaults(func=func)
@@ -228,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train", cmd_train, "train one (scenario, method) run (DVC stage 'train@<s>-<m>')"
     )
     train.add_argument("--scenario", required=True, help="a key of split.scenarios, e.g. s1")
-    train.add_argument("--method", required=True, help="a method of train.methods, e.g. adaptive")
+    method = train.add_argument("--method", required=True, help="a method of train.methods")
+    train.help_later.append((method, _methods_help))
     stage("report", cmd_report, "tables and figures over every run (DVC stage 'report')")
     stage("select", cmd_select, "pick the best run by validation G-Mean (DVC stage 'select')")
     stage("export", cmd_export, "export the selected classifier to ONNX (DVC stage 'export')")
@@ -288,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.set_defaults(func=cmd_promote)
 
     # predict and bench both run a bundle's model on this machine.
-    on_bundle = argparse.ArgumentParser(add_help=False)
+    on_bundle = _Parser(add_help=False)
     on_bundle.add_argument("--bundle", required=True, help="bundle folder")
     on_bundle.add_argument(
         "--threads",

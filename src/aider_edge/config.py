@@ -8,6 +8,7 @@ the bad value and what is allowed, instead of surfacing as a confusing error mid
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -221,7 +222,9 @@ def _parse_scenario(name: Any, spec: Any) -> list[float] | StepProfile | Exponen
 class ModelConfig(_Section):
     arch: Literal["mobilenet_v3_large"] = "mobilenet_v3_large"
     weights: str = "none"
-    """``imagenet`` (torchvision download), ``none``, or a path to a local checkpoint."""
+    """``imagenet`` (torchvision download), ``none``, or a path to a local checkpoint: a
+    ``model.pt`` of this project or a torchvision MobileNetV3-Large state dict, whose backbone
+    must match tensor for tensor (checked before a training run starts)."""
     projection_dim: PositiveInt = 128
 
 
@@ -581,6 +584,36 @@ class Params(_Section):
 # --- loading --------------------------------------------------------------------------------
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float syntax.
+
+    PyYAML implements YAML 1.1, whose floats need a dot (``1e-4`` is the string ``'1e-4'``);
+    YAML 1.2, DVC (which reads params.yaml too) and every user read ``1e-4`` as a number. The
+    strict models then accept it as a float, without loosening any type.
+    """
+
+
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+# The YAML 1.2 core schema's float (https://yaml.org/spec/1.2.2/#1032-tag-resolution); integers
+# such as ``10`` also match it, but the int resolver comes first in each list and keeps them ints.
+_YAML12_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.VERBOSE,
+)
+_ParamsLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _FLOAT_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ParamsLoader.add_implicit_resolver(_FLOAT_TAG, _YAML12_FLOAT, list("-+.0123456789"))
+
+
+def _read_yaml(text: str) -> Any:
+    """Parse params YAML as users and DVC read it (YAML 1.2 numbers); raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_ParamsLoader)  # safe: _ParamsLoader is a SafeLoader
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; any problem raises :class:`ConfigError` with one line."""
     path = Path(path)
@@ -589,13 +622,20 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             f"{path}: no such params file; run from the project root or pass --params"
         )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = _read_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
-    return parse_params(raw or {}, source=str(path))
+    if raw is None:
+        # Every key has a default, so an emptied file would quietly train with the code's
+        # defaults, which are not the shipped params.yaml's.
+        raise ConfigError(
+            f"{path}: the file is empty (no sections, only comments or null): restore it "
+            f"(git checkout {path}) or write the sections to set"
+        )
+    return parse_params(raw, source=str(path))
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:

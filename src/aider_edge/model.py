@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
 
-from aider_edge.errors import AiderEdgeError
+from aider_edge.errors import AiderEdgeError, ConfigError
 
 FEATURE_DIM = 960  # channels of MobileNetV3-Large's last feature map
 HIDDEN_DIM = 1280  # torchvision's classifier width
@@ -81,8 +81,18 @@ def build_model(num_classes: int, weights: str = "none", projection_dim: int = 1
     if weights == "imagenet":
         _load_imagenet_backbone(model)
         return model
-    _load_checkpoint(model, Path(weights))
+    _load_checkpoint(model, weights)
     return model
+
+
+def check_weights(num_classes: int, weights: str = "none", projection_dim: int = 128) -> None:
+    """Stop with one line unless ``model.weights`` loads into this model.
+
+    It loads them exactly as training will, into a model that is thrown away: run before a
+    training run opens its MLflow run, a bad checkpoint leaves no FAILED run behind.
+    """
+    if weights != "none":
+        build_model(num_classes, weights, projection_dim)
 
 
 def _load_imagenet_backbone(model: AiderNet) -> None:
@@ -100,34 +110,97 @@ def _load_imagenet_backbone(model: AiderNet) -> None:
     model.classifier.features.load_state_dict(features)
 
 
-def _load_checkpoint(model: AiderNet, path: Path) -> None:
+_NOT_OURS = "it is not a MobileNetV3-Large checkpoint of this project or torchvision"
+_GIVE = (
+    "give a model.pt written by `aider-edge train` or a torchvision MobileNetV3-Large state dict"
+)
+_BACKBONE = "classifier.features."
+_TORCHVISION_BACKBONE = "features."
+
+
+def _load_checkpoint(model: AiderNet, weights: str) -> None:
+    state = _project_layout(_read_state_dict(weights))
+    _check_fits(model.state_dict(), state, weights)
+    model.load_state_dict(state, strict=False)
+
+
+def _read_state_dict(weights: str) -> dict[str, torch.Tensor]:
+    """The named tensors in the file ``weights``, or one line saying why there are none."""
+    where = f"model.weights = {weights}"
+    path = Path(weights)
     if not path.is_file():
-        raise AiderEdgeError(
-            f"model.weights {str(path)!r} is neither 'imagenet', 'none' nor an existing checkpoint file"
+        raise ConfigError(
+            f"{where}: neither 'imagenet', 'none' nor an existing checkpoint file: fix the path"
         )
     try:
         # weights_only: a checkpoint is data, never code to execute.
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise AiderEdgeError(f"{path}: not a loadable weights-only checkpoint ({exc})") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # a training checkpoint of this project
-    own = model.state_dict()
-    mismatched = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+    except Exception as exc:  # torch's message runs to several lines; the type says enough
+        raise ConfigError(
+            f"{where}: not a PyTorch checkpoint that loads as plain tensors "
+            f"({type(exc).__name__}): {_GIVE}"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # model.pt and checkpoint.pt of a training run
+    if not _is_state_dict(state):
+        raise ConfigError(
+            f"{where}: holds {_kind(state)}, not a state dict of named tensors: {_GIVE}"
+        )
+    return state
+
+
+def _is_state_dict(value: object) -> bool:
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a single tensor of shape {tuple(value.shape)}"
+    if isinstance(value, dict):
+        return "an empty mapping" if not value else "a mapping whose values are not all tensors"
+    return f"a {type(value).__name__}"
+
+
+def _project_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with this project's key names: torchvision's ``features.*`` are the backbone and
+    its ``classifier.*`` (the ImageNet head, 1000 classes) is left out."""
+    if not any(k.startswith(_TORCHVISION_BACKBONE) for k in state):
+        return state
+    return {
+        _BACKBONE + k.removeprefix(_TORCHVISION_BACKBONE)
+        if k.startswith(_TORCHVISION_BACKBONE)
+        else k: v
         for k, v in state.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if mismatched:
-        raise AiderEdgeError(
-            f"{path}: {len(mismatched)} tensor(s) do not fit this model (e.g. {mismatched[0]}); "
-            "was it trained with other data.classes or model.projection_dim?"
+        if not _is_torchvision_head(k)
+    }
+
+
+def _is_torchvision_head(key: str) -> bool:
+    parts = key.split(".")
+    return len(parts) == 3 and parts[0] == "classifier" and parts[1].isdigit()
+
+
+def _check_fits(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], weights: str) -> None:
+    """Every backbone tensor present with its shape and nothing unknown; heads may be absent."""
+    # BatchNorm's step counters are not weights (older torchvision files lack them).
+    backbone = [k for k in own if k.startswith(_BACKBONE) and not k.endswith("num_batches_tracked")]
+    missing = [k for k in backbone if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]
+    where = f"model.weights = {weights}"
+    if missing or unexpected or any(k.startswith(_BACKBONE) for k in reshaped):
+        raise ConfigError(
+            f"{where}: {len(missing)} of {len(backbone)} backbone tensors missing, "
+            f"{len(unexpected)} unexpected, {len(reshaped)} with another shape: {_NOT_OURS}"
         )
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if unexpected or (missing and len(missing) == len(own)):
-        raise AiderEdgeError(
-            f"{path}: not an aider-edge checkpoint ({len(unexpected)} unknown and {len(missing)} "
-            "missing tensors); give a checkpoint written by `aider-edge train`"
+    if reshaped:
+        first = reshaped[0]
+        raise ConfigError(
+            f"{where}: {len(reshaped)} head tensor(s) with another shape (e.g. {first} "
+            f"{tuple(state[first].shape)}, this model {tuple(own[first].shape)}): it was trained "
+            "with other data.classes or model.projection_dim; set those to the checkpoint's"
         )
-    model.load_state_dict(state, strict=False)

@@ -37,6 +37,13 @@ def progress_bar(description: str, unit: str = "img") -> Iterator[Progress]:
             bar.close()
 
 
+def note(line: str) -> None:
+    """Write ``line`` to stderr above any open bar (a plain print would land inside the bar)."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
 class TrainingBar:
     """A run's progress on stderr: a bar over its training images (throughput in img/s and the
     running loss) and one line per epoch with the validation figures.

@@ -24,7 +24,9 @@ import hashlib
 import io
 import json
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,8 +63,10 @@ from aider_edge.losses import (
 )
 from aider_edge.metrics import classification_metrics
 from aider_edge.model import AiderNet, build_model
+from aider_edge.progress import note
 
 CHECKPOINT = layout.RESUME_CHECKPOINT
+CORRUPT_SUFFIX = ".corrupt"
 BEST_WEIGHTS = layout.RUN_MODEL
 LOG_EVERY = 20
 """Steps between reads of the running loss (progress bar, divergence check); each read waits for
@@ -406,7 +410,7 @@ def train_one_epoch(
         scaler.scale(parts.total).backward()
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
+        _advance(scheduler, scaler)
         tally.add(step, parts, len(labels))
     return tally.result()
 
@@ -512,9 +516,35 @@ class _LossTally:
         if bad_step >= 0:
             raise TrainingDiverged(
                 f"the {self.method} loss became {bad_loss} at epoch {self.epoch}, step "
-                f"{int(bad_step)}; the last good checkpoint is kept: lower train.lr or check the data"
+                f"{int(bad_step)}; {_kept(self.epoch)}: lower train.lr or check the data"
             )
         return sums
+
+
+def _kept(epoch: int) -> str:
+    """What a diverged epoch leaves: a checkpoint is written after every finished epoch only."""
+    if epoch == 0:
+        return "no epoch finished, so there is no checkpoint to resume"
+    # A rerun resumes only with the same params: another train.lr starts the run over.
+    return f"the checkpoint of epoch {epoch - 1} is kept"
+
+
+def _advance(scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler) -> None:
+    """One step of the LR schedule, also after a step the fp16 scaler skipped.
+
+    The scaler skips the optimiser step while it searches its scale (overflowing fp16 gradients in
+    the first steps); the schedule still advances, as it should, and torch warns about the order.
+    """
+    if not scaler.is_enabled():
+        scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=r"Detected call of `lr_scheduler\.step\(\)` before",
+            category=UserWarning,
+        )
+        scheduler.step()
 
 
 def method_positives(params: Params, method: str) -> str:
@@ -632,10 +662,25 @@ def _save(path: Path, state: dict) -> None:
 def _load_checkpoint(path: Path, fingerprint: str) -> dict | None:
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn write (disk full, a copy cut short) or a foreign file
+        _set_aside(path, f"cannot be read ({type(exc).__name__})")
+        return None
+    if not isinstance(state, dict):
+        _set_aside(path, f"holds a {type(state).__name__}, not a training checkpoint")
+        return None
     if state.get("fingerprint") != fingerprint:
         return None  # params or data changed: the old run is not this run
     return state
+
+
+def _set_aside(path: Path, problem: str) -> None:
+    """Move an unusable checkpoint out of the way (kept for a look, not deleted): left in place
+    it would stop every rerun of the run with the same error."""
+    aside = path.with_name(path.name + CORRUPT_SUFFIX)
+    os.replace(path, aside)
+    note(f"warning: {path} {problem}; moved it to {aside.name} and started the run over")
 
 
 def _scalar(value: object) -> bool:

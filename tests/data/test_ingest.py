@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 import aider_edge.parallel
+from aider_edge import cli
 from aider_edge.data import ingest
 from aider_edge.data.ingest import MANIFEST_COLUMNS, REJECTED_COLUMNS, ingest_folder
 from aider_edge.errors import DataError
@@ -349,3 +351,60 @@ def test_parallel_and_serial_paths_give_the_same_pool(tmp_path, monkeypatch):
     assert outputs[0] == outputs[1]
     assert outputs[0][2].counts == {"fire": 104, "normal": 100}
     assert outputs[0][2].rejected == 4
+
+
+# --- symlinks ------------------------------------------------------------------------------------
+
+
+def _folder_project(project: Path) -> Path:
+    """``project`` with params.yaml for ``data.source: folder`` at ``project/tree``."""
+    params = {
+        "data": {"source": "folder", "path": "tree", "classes": CLASSES},
+        "split": {"scenarios": {"even": [0.5, 0.5]}},
+    }
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    write_image_tree(project / "tree", {"fire": 3, "normal": 2, "_extra": 1}, size=8)
+    return project / "tree"
+
+
+def test_symlinks_leaving_the_dataset_folder_are_rejected_and_inner_ones_followed(
+    tmp_path, project, monkeypatch
+):
+    tree = _folder_project(project)
+    outside = tmp_path / "elsewhere"
+    write_image_tree(outside, {"secret": 1}, size=8, seed=1)
+    (tree / "fire" / "outside.png").symlink_to(outside / "secret" / "secret_000.png")
+    (tree / "fire" / "up.png").symlink_to(Path("../../../elsewhere/secret/secret_000.png"))
+    (tree / "fire" / "album").symlink_to(outside / "secret", target_is_directory=True)
+    (tree / "fire" / "inside.png").symlink_to(Path("../_extra/_extra_000.png"))
+    (tree / "normal" / "gone.png").symlink_to(Path("moved_away.png"))
+    (tree / "normal" / "here").symlink_to(Path("../_extra"), target_is_directory=True)
+    monkeypatch.chdir(project)
+
+    assert cli.main(["ingest"]) == 0
+
+    real = (outside / "secret").resolve()
+    assert _rejected(project) == {
+        "fire/album": f"symlink leaving the dataset folder (to {real})",
+        "fire/outside.png": f"symlink leaving the dataset folder (to {real / 'secret_000.png'})",
+        "fire/up.png": f"symlink leaving the dataset folder (to {real / 'secret_000.png'})",
+        "normal/gone.png": f"broken symlink (to {(tree / 'normal' / 'moved_away.png').resolve()})",
+        "normal/here": "symlinked folder, not followed: link its files instead or move it here",
+    }
+    manifest = _csv(project / "data" / "raw" / "manifest.csv")[1:]
+    kept = hashlib.sha256((tree / "_extra" / "_extra_000.png").read_bytes()).hexdigest()
+    assert [row[1] for row in manifest] == ["fire"] * 4 + ["normal"] * 2
+    assert (kept, "fire") in {(row[2], row[1]) for row in manifest}  # the inner link, followed
+
+
+def test_a_class_folder_linked_from_outside_is_refused_file_by_file(tmp_path, project):
+    root = _tree(tmp_path, {"fire": 2})
+    write_image_tree(tmp_path / "elsewhere", {"normal": 2}, size=8, seed=1)
+    (root / "normal").symlink_to(tmp_path / "elsewhere" / "normal", target_is_directory=True)
+    with pytest.raises(DataError) as err:
+        _run(root, project)
+    message = _one_line(err)
+    assert "no usable image for class(es) normal" in message
+    assert (
+        "all 2 file(s) rejected, e.g. normal/normal_000.png: symlink leaving the dataset" in message
+    )

@@ -181,13 +181,23 @@ def test_bad_files_get_error_lines_and_the_rest_go_on(bundle_dir: Path, tmp_path
     assert errors["good.png"] is None and lines[1]["class"] == "fire"
     assert errors["notes.jpg"] == "not an image (or an unsupported format)"
     assert errors["truncated.jpg"].startswith("corrupt or truncated image")
-    assert errors["huge.png"] == (
-        "decompression bomb: 400 x 300 pixels exceeds data.max_pixels=100000"
-    )
+    assert errors["huge.png"] == "decompression bomb: 400 x 300 pixels exceeds --max-pixels=100000"
     assert errors["missing.png"] == "no such file or folder"
     assert errors["empty"].startswith("no images")
     assert errors["a.tiff"] == "no such file or folder"
     assert len(lines) == 7
+
+
+def test_predict_names_its_own_pixel_limit_option(bundle_dir: Path, tmp_path: Path, capsys):
+    # The drone has no params.yaml: the fix is predict's --max-pixels, not data.max_pixels.
+    huge = solid_image(tmp_path / "huge.png", (1, 2, 3), size=(400, 300))
+    code = cli.main(["predict", "--bundle", str(bundle_dir), "--max-pixels", "100000", str(huge)])
+    out, err = capsys.readouterr()
+    assert code == 1 and err == ""
+    assert json.loads(out) == {
+        "file": str(huge),
+        "error": "decompression bomb: 400 x 300 pixels exceeds --max-pixels=100000",
+    }
 
 
 def test_uint8_bundle_predicts_like_the_float_bundle(

@@ -47,13 +47,19 @@ def inspect_image(path: Path, max_pixels: int) -> tuple[int, int]:
     return load_rgb(path, max_pixels).size
 
 
-def load_rgb(path: Path, max_pixels: int, draft_size: tuple[int, int] | None = None) -> Image.Image:
+def load_rgb(
+    path: Path,
+    max_pixels: int,
+    draft_size: tuple[int, int] | None = None,
+    limit_name: str = "data.max_pixels",
+) -> Image.Image:
     """Decode ``path`` into an upright 8-bit RGB image.
 
     ``draft_size`` lets JPEG decode at a reduced scale (DCT scaling, at least that size), which
-    is several times faster when the result is resized down anyway.
+    is several times faster when the result is resized down anyway. ``limit_name`` is the setting
+    that a too-large image's reason names: the key for the pipeline, the option for ``predict``.
     """
-    with _opened(path, max_pixels, draft_size) as image:
+    with _opened(path, max_pixels, draft_size, limit_name) as image:
         try:
             # Always a new image (a copy when there is nothing to turn), so it outlives the file.
             upright = ImageOps.exif_transpose(image)
@@ -105,7 +111,10 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
 
 @contextlib.contextmanager
 def _opened(
-    path: Path, max_pixels: int, draft_size: tuple[int, int] | None = None
+    path: Path,
+    max_pixels: int,
+    draft_size: tuple[int, int] | None = None,
+    limit_name: str = "data.max_pixels",
 ) -> Iterator[Image.Image]:
     """Open, check size against ``max_pixels`` from the header, and decode every pixel."""
     path = Path(path)
@@ -143,7 +152,7 @@ def _opened(
         width, height = image.size
         if width * height > max_pixels:
             raise ImageRejected(
-                f"decompression bomb: {width} x {height} pixels exceeds data.max_pixels={max_pixels}"
+                f"decompression bomb: {width} x {height} pixels exceeds {limit_name}={max_pixels}"
             )
         if width == 0 or height == 0:
             raise ImageRejected("image has no pixels")

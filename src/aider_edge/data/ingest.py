@@ -10,6 +10,11 @@ Folders in the tree that are not in ``data.classes`` are ignored with a warning 
 ``other/`` or ``_unsorted/`` folder should not stop a run); a configured class whose folder is
 missing or holds no image is an error, since training would silently lose that class.
 
+A symlink whose target lies outside the dataset folder is refused (``rejected.csv``): the pool
+must be a copy of the dataset, not of whatever a link reaches (a home folder, another dataset,
+a file that changes later). A file symlink inside the folder is followed like the file itself;
+a symlinked folder is not descended into and is listed as such.
+
 The whole ``raw_dir`` is written as one atomic directory swap: an interrupted ingest leaves the
 previous pool as it was.
 """
@@ -69,9 +74,10 @@ def scan_class_folders(
       folder holds no image-suffixed file: :class:`DataError` (training would silently lose the
       class). Folder names must match ``classes`` exactly (case included).
     - Folders of ``root`` that are not in ``classes``: ignored, with one warning naming them.
-    - Inside a class folder every file counts, recursively, sorted by path; non-image files are
-      returned too, so that ingest lists them in ``rejected.csv`` instead of dropping them
-      silently. Hidden files and folders (dot names) are skipped everywhere.
+    - Inside a class folder every file counts, recursively, sorted by path; non-image files and
+      symlinks of any kind are returned too, so that ingest lists those it cannot use in
+      ``rejected.csv`` instead of dropping them silently. Hidden files and folders (dot names)
+      are skipped everywhere.
     """
     root = Path(root)
     if not root.is_dir():
@@ -94,7 +100,8 @@ def scan_class_folders(
         found = sorted(
             p
             for p in (root / label).rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            if (p.is_file() or p.is_symlink())
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
         )
         if not any(is_image_name(p) for p in found):
             raise DataError(
@@ -116,8 +123,7 @@ def ingest_folder(
     """Check and copy every image of ``root`` into ``raw_dir`` (see the module docstring)."""
     root, raw_dir = Path(root), Path(raw_dir)
     files, warnings = scan_class_folders(root, classes)
-    jobs = [(path, label, max_pixels) for path, label in files]
-    checked = list(map_with_progress(_check_one, jobs, progress))
+    checked = _check_all(files, root, max_pixels, progress)
 
     rejected = [(c.source, c.reason) for c in checked if c.reason]
     by_sha: dict[str, list[_Checked]] = {}
@@ -195,6 +201,34 @@ def _text(path: Path | str) -> str:
     instead of making the CSV writer fail."""
     raw = os.fsencode(str(path))
     return raw.decode("utf-8", "backslashreplace")
+
+
+def _check_all(
+    files: list[tuple[Path, str]], root: Path, max_pixels: int, progress: Progress | None
+) -> list[_Checked]:
+    """Every candidate file checked: links first, then the decode of the rest, in parallel."""
+    real_root = root.resolve()
+    links = {path: _link_problem(path, real_root) for path, _ in files}
+    jobs = [(path, label, max_pixels) for path, label in files if links[path] is None]
+    checked = list(map_with_progress(_check_one, jobs, progress))
+    return checked + [
+        _Checked(path, label, None, None, links[path]) for path, label in files if links[path]
+    ]
+
+
+def _link_problem(path: Path, real_root: Path) -> str | None:
+    """Why ``path`` (reached through a symlink, itself or a folder above) cannot be ingested."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):  # a link loop: RuntimeError up to Python 3.12, then OSError
+        return "symlink loop"
+    if not target.is_relative_to(real_root):
+        return f"symlink leaving the dataset folder (to {_text(target)})"
+    if path.is_symlink() and not target.exists():
+        return f"broken symlink (to {_text(target)})"
+    if target.is_dir():
+        return "symlinked folder, not followed: link its files instead or move it here"
+    return None
 
 
 def _check_one(job: tuple[Path, str, int]) -> _Checked:

@@ -27,6 +27,9 @@ from aider_edge.errors import AiderEdgeError
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
+MAX_PIXELS_OPTION = "--max-pixels"
+"""The option of ``aider-edge predict`` that a too-large image's error names (not the pipeline's
+data.max_pixels: the drone has no params file)."""
 
 
 def predict_command(
@@ -73,7 +76,7 @@ def _classify(
 ) -> dict[str, Any]:
     start = time.perf_counter()
     try:
-        frame = load_frame(path, size, max_pixels)
+        frame = load_frame(path, size, max_pixels, limit_name=MAX_PIXELS_OPTION)
     except ImageRejected as exc:
         return {"file": str(path), "error": exc.reason}
     decoded = time.perf_counter()

@@ -19,6 +19,7 @@ from aider_edge.data.loader import to_batch_tensor
 from aider_edge.device import device_info, training_device
 from aider_edge.digest import sha256_file
 from aider_edge.errors import ConfigError
+from aider_edge.model import check_weights
 from aider_edge.progress import Progress, training_bar
 from aider_edge.training import RunData, evaluate, fit_summary, images_per_epoch
 from aider_edge.training import train as fit
@@ -50,8 +51,10 @@ def run(
     ``show_training`` draws the run's bar (images/s, loss) and one line per epoch on stderr.
     """
     check_run(params, scenario, method)
-    # Before MLflow and decoding: a host that cannot run train.device / train.amp is a config error.
+    # Before MLflow and decoding: a host that cannot run train.device / train.amp, or weights
+    # that do not fit the model, are config errors and must leave no FAILED run behind.
     device = training_device(params.train)
+    check_weights(len(params.data.classes), params.model.weights, params.model.projection_dim)
     tracking.check_tracking_server(tracking.resolve_tracking_uri(params.mlflow, root))
 
     train_csv = root / layout.train_split(scenario)
