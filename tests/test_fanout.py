@@ -57,3 +57,24 @@ def test_the_training_runs_form_one_wave_of_the_shipped_graph():
     assert all(stage.startswith("train@") for stage in waves[2]) and len(waves[2]) == 10
     assert waves[3:] == [["report", "select"], ["export"], ["validate"]]
     assert dvc_graph.upstream_stages(REPO_ROOT, "train@s1-baseline") == ["ingest", "split"]
+
+
+def test_remote_workers_refuse_uncommitted_code(tmp_path):
+    import subprocess
+
+    from aider_edge.errors import AiderEdgeError
+
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "m.py").write_text("x = 1\n")
+    for name in fanout.SENT_FILES[::2]:  # dvc.yaml, params.yaml; no dvc.lock yet
+        (repo / name).write_text("{}\n")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t"}
+    env |= {"GIT_COMMITTER_EMAIL": "t@e", "PATH": "/usr/bin:/bin"}
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "i"]):
+        subprocess.run(["git", "-C", str(repo), *cmd], check=True, env=env)
+    state = fanout.snapshot(repo)
+    assert state["files"]["dvc.lock"] is None and state["files"]["params.yaml"] == "{}\n"
+    (repo / "src" / "m.py").write_text("x = 2\n")
+    with pytest.raises(AiderEdgeError, match=r"src/m\.py changed since: commit"):
+        fanout.snapshot(repo)

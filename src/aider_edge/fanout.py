@@ -110,6 +110,9 @@ def check_tracking_store(cfg: FlowConfig, uri: str) -> None:
 
 WORKER_CHECKOUT_ENV = "AIDER_EDGE_WORKER_CHECKOUT"
 SENT_FILES = ("dvc.yaml", "dvc.lock", "params.yaml")
+CODE_PATHS = ("src", "flows")
+"""What the workers take from the commit: a change here that is not committed would run there
+as the old code (and its run-cache entry would not match this host's)."""
 
 
 def snapshot(root: Path) -> dict[str, Any]:
@@ -121,6 +124,12 @@ def snapshot(root: Path) -> dict[str, Any]:
         raise AiderEdgeError(
             f"flow.dask_address needs {root} to be a git checkout with a commit that the "
             "workers' clones can fetch"
+        )
+    changed_code = _git_changes(root, CODE_PATHS)
+    if changed_code:
+        raise AiderEdgeError(
+            f"flow.dask_address: the workers run the code of commit {commit[:12]}, but "
+            f"{', '.join(changed_code[:3])} changed since: commit (and push) the code first"
         )
     files = {
         name: (root / name).read_text(encoding="utf-8") if (root / name).is_file() else None
@@ -198,6 +207,16 @@ def restore_from_run_cache(root: Path, stage: str) -> None:
             dvc_graph.error_line(stage, done.stdout + done.stderr, done.returncode)
             + " (restoring it from the run-cache)"
         )
+
+
+def _git_changes(root: Path, paths: tuple[str, ...]) -> list[str]:
+    done = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--", *paths],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [line[3:] for line in done.stdout.splitlines() if line.strip()]
 
 
 def _run(root: Path, cmd: list[str], what: str) -> None:
