@@ -16,7 +16,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -26,18 +25,12 @@ from pathlib import Path
 
 import yaml
 
+from _machine import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
 TARGET_RATIO = 1.3  # the target: within 1.3x of (one-worker time / N)
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> None:
@@ -117,7 +110,7 @@ def main() -> None:
     one, two = waves[1]["wall_s"], waves[2]["wall_s"]
     ratio = two / (one / 2)
     result = {
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "cores": len(os.sched_getaffinity(0)),
         "runs": len(args.scenarios) * len(args.methods),
         "scenarios": args.scenarios,

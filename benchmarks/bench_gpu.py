@@ -32,7 +32,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,7 +44,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _machine, also when loaded by path
 
+from _machine import cpu_name  # noqa: E402
 from aider_edge import training  # noqa: E402
 from aider_edge.config import Params, parse_params  # noqa: E402
 from aider_edge.data.cache import DecodedSplit  # noqa: E402
@@ -232,7 +233,7 @@ def paper_setup(amp: str, device: torch.device, measured: int, full: bool, smoke
 
 def host_info(device: torch.device) -> dict:
     info = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         **device_info(device),
@@ -242,16 +243,6 @@ def host_info(device: torch.device) -> dict:
             torch.cuda.get_device_properties(device).total_memory / 2**30
         )
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_results(result: dict, out: Path) -> None:

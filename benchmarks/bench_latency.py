@@ -41,6 +41,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from _machine import cpu_name
 from aider_edge import atomic
 from aider_edge.export import graph, int8, onnx_export
 from aider_edge.model import build_model
@@ -169,7 +170,7 @@ def main() -> int:
         "macs": macs,
         "gflop": 2 * macs / 1e9,
         "host": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": len(os.sched_getaffinity(0)),
             "load_avg_at_start": os.getloadavg()[0],
             "python": platform.python_version(),
@@ -284,16 +285,6 @@ def markdown(r: dict) -> str:
     lines += ["", f"Model files: {sizes}.", ""]
     lines += [f"- {k}: {'yes' if v else 'no'}" for k, v in r["targets"].items()]
     return "\n".join(lines) + "\n"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -181,14 +181,14 @@ def run_waves(root: Path, params: Params) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     with fanout.task_runner(cfg) as runner:
         for wave in dvc_graph.stage_waves(root):
-            changes = {stage: dvc_graph.stage_changes(root, stage) for stage in wave}
+            changes = dvc_graph.stage_changes(root, wave)
             changed = [stage for stage in wave if changes[stage]]
             if len(changed) > 1 and (cfg.workers > 1 or cfg.dask_address):
                 get_run_logger().info("%d stages at once: %s", len(changed), ", ".join(changed))
                 prepare_parallel_runs(root, params, changed)
             # With a remote cluster, a stage goes to a worker only when DVC can hand it back
             # through its run-cache; the others (report, select: small) run here.
-            sent = [s for s in changed if cfg.dask_address and dvc_graph.run_cacheable(root, s)]
+            sent = dvc_graph.run_cacheable(root, changed) if cfg.dask_address else []
             remote = remote_inputs(root, params, sent)
             futures = []
             for stage in wave:
@@ -239,10 +239,8 @@ def remote_inputs(root: Path, params: Params, stages: list[str]) -> dict[str, di
         return {}
     lineage.push_outputs(root, os.environ.get("AIDER_EDGE_DVC_REMOTE") or params.dvc.remote)
     state = fanout.snapshot(root)
-    return {
-        stage: {"snapshot": state, "upstream": dvc_graph.upstream_stages(root, stage)}
-        for stage in stages
-    }
+    upstream = dvc_graph.upstream_stages(root, stages)
+    return {stage: {"snapshot": state, "upstream": upstream[stage]} for stage in stages}
 
 
 def prepare_parallel_runs(root: Path, params: Params, stages: list[str]) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -166,20 +168,38 @@ def edit_params(repo: Path, overrides: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture
-def dvc_repo(tmp_path: Path) -> Path:
-    """This project's dvc.yaml, code and params (shrunk) in a fresh git + DVC repository."""
-    repo = tmp_path / "project"
+def make_project(
+    repo: Path,
+    overrides: dict | None = None,
+    *,
+    stages: tuple[str, ...] | None = None,
+    dvc_remote: Path | None = None,
+) -> Path:
+    """This project's dvc.yaml, code and params (the tiny project plus ``overrides``) committed in
+    a fresh git + DVC repository at ``repo``. ``stages`` keeps only those stages of dvc.yaml (to cut
+    a test short); ``dvc_remote`` becomes the default DVC remote."""
     shutil.copytree(REPO_ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO_ROOT / "data" / "source", repo / "data" / "source")
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(REPO_ROOT / name, repo / name)
-    edit_params(repo, TINY_PROJECT)
+    if stages is not None:
+        dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+        dvc_yaml["stages"] = {k: dvc_yaml["stages"][k] for k in stages}
+        (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    edit_params(repo, deep_update(copy.deepcopy(TINY_PROJECT), overrides or {}))
     run_command(["git", "init", "-q", "-b", "main"], repo)
     run_command(["dvc", "init", "-q"], repo)
+    if dvc_remote is not None:
+        run_command(["dvc", "remote", "add", "-d", "store", str(dvc_remote)], repo)
     run_command(["git", "add", "-A"], repo)
     run_command(["git", "commit", "-q", "-m", "init"], repo)
     return repo
+
+
+@pytest.fixture
+def dvc_repo(tmp_path: Path) -> Path:
+    """This project's dvc.yaml, code and params (shrunk) in a fresh git + DVC repository."""
+    return make_project(tmp_path / "project")
 
 
 # --- Prefect: one temporary API server for the whole session (it takes ~15 s to start) --------
@@ -199,3 +219,19 @@ def prefect_harness(tmp_path_factory):
     timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
     with prefect_test_harness(server_startup_timeout=timeout):
         yield
+
+
+@contextlib.contextmanager
+def flow_module(name: str, *, register: bool = False) -> Iterator[ModuleType]:
+    """``flows/retrain.py`` imported as module ``name`` (after the Prefect harness has set
+    PREFECT_HOME). ``register`` puts it in ``sys.modules``, as an imported module is, so that the
+    flow can ship its tasks to Dask workers by value."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "flows" / "retrain.py")
+    module = importlib.util.module_from_spec(spec)
+    if register:
+        sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)

@@ -218,3 +218,16 @@ def test_an_empty_params_file_is_one_line_not_the_code_defaults(
         "null): restore it (git checkout params.yaml) or write the sections to set\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_train_scenarios_as_a_mapping_means_its_keys():
+    """params.yaml aliases split.scenarios (a mapping): DVC's matrix and the code read its keys."""
+    scenarios = {"a": [0.5, 0.5, 0, 0, 0], "b": [0.2] * 5}
+    params = parse_params({"split": {"scenarios": scenarios}, "train": {"scenarios": scenarios}})
+    assert params.train.scenarios == ["a", "b"] == params.trained_scenarios
+    assert parse_params({"split": {"scenarios": scenarios}}).trained_scenarios == ["a", "b"]
+
+
+def test_an_empty_train_scenarios_says_dvc_would_train_nothing():
+    message = error_of({"train": {"scenarios": []}})
+    assert "train.scenarios = []" in message and "*scenarios" in message

@@ -108,3 +108,12 @@ def test_a_new_matrix_runs_from_params_alone(dvc_repo: Path):
     assert (dvc_repo / "reports/summary.md").is_file()
     assert (dvc_repo / "dvc.yaml").read_bytes() == dvc_yaml
     assert "Running stage" not in run_command(["dvc", "repro", "select", "report"], dvc_repo).stdout
+
+
+def test_a_new_split_scenario_is_trained_without_a_second_edit(dvc_repo: Path):
+    """train.scenarios aliases split.scenarios: one new scenario adds exactly its own runs."""
+    edit_params(dvc_repo, {"split": {"scenarios": {"s6": [0.4, 0.1, 0.1, 0.1, 0.3]}}})
+    assert "*" in (dvc_repo / "params.yaml").read_text()  # the alias survived the edit
+    stages = run_command(["dvc", "stage", "list", "--name-only"], dvc_repo).stdout.split()
+    runs = {s for s in stages if s.startswith("train@")}
+    assert runs == {f"train@s{i}-{m}" for i in range(1, 7) for m in ("baseline", "adaptive")}

@@ -56,7 +56,10 @@ def test_the_training_runs_form_one_wave_of_the_shipped_graph():
     assert waves[0] == ["ingest"] and waves[1] == ["split"]
     assert all(stage.startswith("train@") for stage in waves[2]) and len(waves[2]) == 10
     assert waves[3:] == [["report", "select"], ["export"], ["validate"]]
-    assert dvc_graph.upstream_stages(REPO_ROOT, "train@s1-baseline") == ["ingest", "split"]
+    assert dvc_graph.upstream_stages(REPO_ROOT, ["train@s1-baseline", "export"]) == {
+        "train@s1-baseline": ["ingest", "split"],
+        "export": sorted([*waves[2], "ingest", "select", "split"]),
+    }
 
 
 def test_remote_workers_refuse_uncommitted_code(tmp_path):

@@ -45,3 +45,19 @@ def test_git_ignores_every_stage_output():
     ignored = (REPO_ROOT / ".gitignore").read_text().split()
     for top in {layout.MODELS_DIR, layout.SELECTION_DIR, layout.EXPORT_DIR, layout.VALIDATION_DIR}:
         assert f"/{top.as_posix()}/" in ignored, top
+
+
+def test_a_run_depends_on_every_train_key_it_reads_and_not_on_the_matrix():
+    from aider_edge.config import TrainConfig
+
+    train_keys = {p for p in paths("train", "params") if p.startswith("train")}
+    matrix_keys = {"train.scenarios", "train.methods"}
+    assert train_keys == {f"train.{k}" for k in TrainConfig.model_fields} - matrix_keys
+
+
+def test_the_shipped_matrix_trains_every_split_scenario():
+    from aider_edge.config import load_params
+
+    for name in ("params.yaml", "params.paper.yaml"):
+        params = load_params(REPO_ROOT / name)
+        assert params.trained_scenarios == list(params.split.scenarios), name

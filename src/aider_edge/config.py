@@ -246,7 +246,11 @@ def _default_methods() -> list[Method]:
 
 class TrainConfig(_Section):
     scenarios: list[str] | None = None
-    """Scenarios to train (the DVC matrix); ``None`` = every scenario of ``split.scenarios``."""
+    """Scenarios to train (the DVC matrix); ``None`` = every scenario of ``split.scenarios``.
+
+    params.yaml writes ``scenarios: *scenarios``, a YAML alias of the ``split.scenarios`` mapping:
+    DVC's matrix iterates a mapping's keys, so the shipped default trains every split scenario and
+    a new one needs no second edit. A mapping here is read as its keys."""
     methods: list[Method] = Field(default_factory=_default_methods, min_length=1)
     epochs: PositiveInt = 8
     batch_size: Annotated[int, Field(ge=2)] = 32
@@ -289,6 +293,22 @@ class TrainConfig(_Section):
                 "bf16: true is now amp: bf16",
             )
         return raw
+
+    @field_validator("scenarios", mode="before")
+    @classmethod
+    def _scenario_names(cls, scenarios: Any) -> Any:
+        if isinstance(scenarios, dict):
+            return list(scenarios)
+        if scenarios == []:
+            # DVC's matrix over an empty list defines no train stage at all, and `select` would
+            # then fail on a missing models/ folder far from the cause.
+            raise _KeyedError(
+                ("train", "scenarios"),
+                scenarios,
+                "is empty, so DVC would train nothing: list the scenarios to train, "
+                "or write `scenarios: *scenarios` (every scenario of split.scenarios)",
+            )
+        return scenarios
 
 
 class LossConfig(_Section):

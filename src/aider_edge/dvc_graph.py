@@ -21,17 +21,22 @@ def stage_order(root: Path) -> list[str]:
     Among stages that could run in either order, ``dvc.yaml``'s own order is kept, so the task
     list reads like the file.
     """
-    import networkx as nx
-
     root = Path(root).resolve()
     with in_repo(root) as repo:
-        position = {id(stage): i for i, stage in enumerate(repo.index.stages)}
-        # DVC's graph points from a stage to the stages it depends on: reversed, upstream first.
-        upstream_first = repo.index.graph.reverse(copy=True)
-        ordered = nx.lexicographical_topological_sort(
-            upstream_first, key=lambda stage: f"{position.get(id(stage), 0):08d}"
+        return [_address(stage, root) for stage in _upstream_first(repo)]
+
+
+def _upstream_first(repo: Any) -> list[Any]:
+    import networkx as nx
+
+    position = {id(stage): i for i, stage in enumerate(repo.index.stages)}
+    # DVC's graph points from a stage to the stages it depends on: reversed, upstream first.
+    return list(
+        nx.lexicographical_topological_sort(
+            repo.index.graph.reverse(copy=True),
+            key=lambda stage: f"{position.get(id(stage), 0):08d}",
         )
-        return [_address(stage, root) for stage in ordered]
+    )
 
 
 def _address(stage: Any, root: Path) -> str:
@@ -43,10 +48,10 @@ def _address(stage: Any, root: Path) -> str:
     return f"{dvcfile.relative_to(root).as_posix()}:{stage.name}"
 
 
-def stage_changes(root: Path, stage: str) -> dict[str, Any]:
-    """``dvc status`` of one stage: empty when it is up to date."""
+def stage_changes(root: Path, stages: list[str]) -> dict[str, dict[str, Any]]:
+    """``dvc status`` of each stage: empty when it is up to date (one DVC repo for all)."""
     with in_repo(Path(root).resolve()) as repo:
-        return dict(repo.status(targets=[stage]))
+        return {stage: dict(repo.status(targets=[stage])) for stage in stages}
 
 
 @contextlib.contextmanager
@@ -87,12 +92,11 @@ def stage_waves(root: Path) -> list[list[str]]:
     import networkx as nx
 
     root = Path(root).resolve()
-    order = stage_order(root)
     with in_repo(root) as repo:
-        upstream_first = repo.index.graph.reverse(copy=True)
+        rank = {id(stage): i for i, stage in enumerate(_upstream_first(repo))}
         waves = [
-            sorted((_address(stage, root) for stage in generation), key=order.index)
-            for generation in nx.topological_generations(upstream_first)
+            [_address(stage, root) for stage in sorted(generation, key=lambda s: rank[id(s)])]
+            for generation in nx.topological_generations(repo.index.graph.reverse(copy=True))
         ]
     return [wave for wave in waves if wave]
 
@@ -103,21 +107,28 @@ def wait_for_lock_repro(stage: str) -> list[str]:
     return [dvc_executable(), "--wait-for-lock", "repro", "--single-item", stage]
 
 
-def upstream_stages(root: Path, stage: str) -> list[str]:
-    """The stages ``stage`` depends on directly (their outputs are its inputs)."""
+def upstream_stages(root: Path, stages: list[str]) -> dict[str, list[str]]:
+    """Per stage, the stages it depends on directly (their outputs are its inputs)."""
     root = Path(root).resolve()
     with in_repo(root) as repo:
-        target = next(s for s in repo.index.stages if _address(s, root) == stage)
-        return sorted(_address(s, root) for s in repo.index.graph.successors(target))
+        by_address = {_address(s, root): s for s in repo.index.stages}
+        return {
+            stage: sorted(_address(s, root) for s in repo.index.graph.successors(by_address[stage]))
+            for stage in stages
+        }
 
 
-def run_cacheable(root: Path, stage: str) -> bool:
-    """Whether another workspace can hand ``stage`` back through DVC's run-cache: DVC keeps an
-    entry for it and every output's content travels with ``dvc push`` (``cache: false`` outputs,
+def run_cacheable(root: Path, stages: list[str]) -> list[str]:
+    """The stages another workspace can hand back through DVC's run-cache: DVC keeps an entry
+    for each and every output's content travels with ``dvc push`` (``cache: false`` outputs,
     metrics included, do not)."""
     from dvc.stage.cache import _can_hash
 
     root = Path(root).resolve()
     with in_repo(root) as repo:
-        target = next(s for s in repo.index.stages if _address(s, root) == stage)
-        return bool(_can_hash(target)) and all(out.use_cache for out in target.outs)
+        by_address = {_address(s, root): s for s in repo.index.stages}
+        return [
+            stage
+            for stage in stages
+            if _can_hash(by_address[stage]) and all(o.use_cache for o in by_address[stage].outs)
+        ]

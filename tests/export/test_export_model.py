@@ -224,6 +224,28 @@ def test_entropy_and_percentile_calibration_really_differ_from_minmax(project):
     assert differing(degenerate) == 0
 
 
+def test_entropy_thresholds_of_the_real_model_equal_onnxruntimes(project, tmp_path):
+    """Our entropy search against onnxruntime's own, on the exported model's real activations."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    from aider_edge.export.entropy import entropy_threshold
+
+    calibrator = create_calibrator(
+        project / "export" / "model.onnx",
+        None,
+        augmented_model_path=str(tmp_path / "augmented.onnx"),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": 2048, "num_quantized_bins": 128},
+    )
+    calibrator.collect_data(int8.ArrayReader("input", _train_inputs(project), 8))
+    collector = calibrator.collector
+    histograms = sorted(collector.histogram_dict.items())
+    for name, histogram in histograms[:: max(1, len(histograms) // 8)]:  # 8 of ~140 (0.7 s each)
+        assert entropy_threshold(histogram, 128) == collector.get_entropy_threshold(
+            histogram, 128
+        ), name
+
+
 def test_preprocessing_in_graph_takes_uint8_frames(project, classifier, test_images, tmp_path):
     root = copy_project(project, tmp_path / "nhwc")
     params = project_params(

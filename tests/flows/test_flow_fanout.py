@@ -8,8 +8,6 @@ workspace all succeed.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -22,7 +20,7 @@ import yaml
 
 from aider_edge import fanout
 from aider_edge.config import FlowConfig
-from conftest import REPO_ROOT, TINY_PROJECT, deep_update, edit_params, run_command
+from conftest import edit_params, flow_module, make_project, run_command
 
 pytestmark = pytest.mark.slow  # a Prefect server, a Dask cluster and real DVC, git, MLflow
 
@@ -31,33 +29,21 @@ RUNS = ["train@s1-baseline", "train@s1-wce"]
 
 @pytest.fixture(scope="module")
 def retrain(prefect_harness):
-    spec = importlib.util.spec_from_file_location("retrain_fanout", REPO_ROOT / "flows/retrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with flow_module("retrain_fanout") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """ingest, split and two runs (the stages after training are cut to keep the test short)."""
-    repo = tmp_path_factory.mktemp("fanout") / "project"
-    shutil.copytree(REPO_ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO_ROOT / "data" / "source", repo / "data" / "source")
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy(REPO_ROOT / name, repo / name)
-    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
-    dvc_yaml["stages"] = {k: dvc_yaml["stages"][k] for k in ("ingest", "split", "train")}
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
-    overrides = {
-        "train": {"scenarios": ["s1"], "methods": ["baseline", "wce"]},
-        "flow": {"workers": 2, "retry_delay_s": 0},
-    }
-    edit_params(repo, deep_update(json.loads(json.dumps(TINY_PROJECT)), overrides))
-    run_command(["git", "init", "-q", "-b", "main"], repo)
-    run_command(["dvc", "init", "-q"], repo)
-    run_command(["git", "add", "-A"], repo)
-    run_command(["git", "commit", "-q", "-m", "init"], repo)
-    return repo
+    return make_project(
+        tmp_path_factory.mktemp("fanout") / "project",
+        {
+            "train": {"scenarios": ["s1"], "methods": ["baseline", "wce"]},
+            "flow": {"workers": 2, "retry_delay_s": 0},
+        },
+        stages=("ingest", "split", "train"),
+    )
 
 
 @pytest.fixture
@@ -94,7 +80,7 @@ def test_a_failed_run_keeps_the_finished_one_and_fails_with_its_line(retrain, pr
     finally:
         blocker.unlink()
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    assert lock["train@s1-baseline"]["params"]["params.yaml"]["train"]["epochs"] == 2
+    assert lock["train@s1-baseline"]["params"]["params.yaml"]["train.epochs"] == 2
     assert (project / "models" / "s1-baseline" / "model.pt").is_file()
 
 

@@ -9,10 +9,7 @@ restored here from DVC's run-cache, and every training run exists once in MLflow
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +23,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, TINY_PROJECT, deep_update, edit_params, run_command
+from conftest import flow_module, make_project, run_command
 
 pytestmark = pytest.mark.slow  # a Dask cluster, an MLflow server, a Prefect server, real DVC
 
@@ -68,36 +65,23 @@ def processes() -> Iterator[list[subprocess.Popen]]:
 
 @pytest.fixture(scope="module")
 def retrain(prefect_harness):
-    spec = importlib.util.spec_from_file_location("retrain_remote", REPO_ROOT / "flows/retrain.py")
-    module = importlib.util.module_from_spec(spec)
-    # Registered like an imported module, so the flow can ship its tasks to the workers by value.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with flow_module("retrain_remote", register=True) as module:
+        yield module
 
 
 def make_host(base: Path, tracking_uri: str, scheduler: str) -> Path:
-    host = base / "host"
-    shutil.copytree(REPO_ROOT / "src", host / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO_ROOT / "data" / "source", host / "data" / "source")
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy(REPO_ROOT / name, host / name)
-    dvc_yaml = yaml.safe_load((host / "dvc.yaml").read_text())
-    dvc_yaml["stages"] = {k: dvc_yaml["stages"][k] for k in ("ingest", "split", "train")}
-    (host / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
-    overrides = {
-        "train": {"scenarios": ["s1"], "methods": ["baseline", "wce"]},
-        "mlflow": {"tracking_uri": tracking_uri},
-        "flow": {"workers": 2, "dask_address": scheduler, "retry_delay_s": 0, "stage_retries": 0},
-    }
-    edit_params(host, deep_update(json.loads(json.dumps(TINY_PROJECT)), overrides))
-    run_command(["git", "init", "-q", "-b", "main"], host)
-    run_command(["dvc", "init", "-q"], host)
-    run_command(["dvc", "remote", "add", "-d", "store", str(base / "dvc-remote")], host)
-    run_command(["git", "add", "-A"], host)
-    run_command(["git", "commit", "-q", "-m", "init"], host)
-    return host
+    """ingest, split and two runs on the flow host, with a local DVC remote for the workers."""
+    flow = {"workers": 2, "dask_address": scheduler, "retry_delay_s": 0, "stage_retries": 0}
+    return make_project(
+        base / "host",
+        {
+            "train": {"scenarios": ["s1"], "methods": ["baseline", "wce"]},
+            "mlflow": {"tracking_uri": tracking_uri},
+            "flow": flow,
+        },
+        stages=("ingest", "split", "train"),
+        dvc_remote=base / "dvc-remote",
+    )
 
 
 def test_stages_run_on_remote_workers_and_are_recorded_once_on_the_host(retrain, tmp_path):

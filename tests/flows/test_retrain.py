@@ -10,7 +10,6 @@ training split with DVC after the data changed.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -28,7 +27,7 @@ import yaml
 from aider_edge import dvc_graph
 from aider_edge.errors import AiderEdgeError
 from aider_edge.workspace_lock import WorkspaceBusy, workspace_lock
-from conftest import REPO_ROOT, TINY_PROJECT, deep_update, edit_params, run_command
+from conftest import REPO_ROOT, edit_params, flow_module, make_project, run_command
 
 pytestmark = pytest.mark.slow  # a Prefect server and real DVC, git and MLflow stores
 
@@ -56,31 +55,17 @@ GIT_ENV = {
 
 @pytest.fixture(scope="module")
 def retrain(prefect_harness):
-    """flows/retrain.py as a module (imported after the Prefect harness set PREFECT_HOME)."""
-    spec = importlib.util.spec_from_file_location("retrain_flow", REPO_ROOT / "flows/retrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with flow_module("retrain_flow") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """This repository's graph, code and params (shrunk) in a git + DVC repo with a local remote."""
     base = tmp_path_factory.mktemp("flow")
-    repo = base / "project"
-    shutil.copytree(REPO_ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO_ROOT / "data" / "source", repo / "data" / "source")
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy(REPO_ROOT / name, repo / name)
-    edit_params(repo, deep_update(json.loads(json.dumps(TINY_PROJECT)), FLOW_PARAMS))
     with mock.patch.dict(os.environ, GIT_ENV):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-        run_command(["git", "init", "-q", "-b", "main"], repo)
-        run_command(["dvc", "init", "-q"], repo)
-        run_command(["dvc", "remote", "add", "-d", "store", str(base / "remote")], repo)
-        run_command(["git", "add", "-A"], repo)
-        run_command(["git", "commit", "-q", "-m", "init"], repo)
-        yield repo
+        yield make_project(base / "project", FLOW_PARAMS, dvc_remote=base / "remote")
 
 
 @pytest.fixture
