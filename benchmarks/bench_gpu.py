@@ -11,6 +11,9 @@ synthetic frames (seeded noise with a class tint: the content does not change th
   size (32, 64, 128), after a warm-up epoch (cuDNN autotuning); peak GPU memory per cell.
 - **parity**: the first step's loss on the same batch and weights on the CPU (float32) and on the
   GPU in each AMP mode (dropout off, so both see the same network).
+- **resume**: an adaptive run cut after its first epoch and resumed from the checkpoint against
+  the same run uninterrupted; on CUDA the epoch losses must agree within ``RESUME_RTOL`` (0.1 %),
+  on the CPU exactly.
 - **paper setup**: wall time of all 10 runs of params.paper.yaml (5 scenarios x baseline and
   adaptive, 1,500 training images, 400 val and 400 test images, 30 epochs, patience off) per AMP
   mode, through :func:`aider_edge.training.train` (per-epoch validation and checkpoints included,
@@ -231,6 +234,57 @@ def paper_setup(amp: str, device: torch.device, measured: int, full: bool, smoke
     }
 
 
+# The stated tolerance for a resumed run on CUDA (deterministic cuDNN kernels; a few CUDA kernels,
+# such as average pooling's backward, have no deterministic version): every epoch's mean loss
+# within 0.1 % of the uninterrupted run's. On the CPU a resumed run is exact (tolerance 0).
+RESUME_RTOL = 1e-3
+
+
+def resume_check(device: torch.device, size: int, smoke: bool) -> dict:
+    """An adaptive run trained for 2 epochs at once, and cut after epoch 1 and resumed from its
+    checkpoint (model, optimizer, generators, CUDA RNG and scaler state): how far apart they end."""
+    params = paper_params("none", device, smoke)
+    raw = params.model_dump(by_alias=True)
+    raw["data"]["image_size"] = size
+    raw["train"].update(epochs=2, deterministic=True)
+    raw["split"]["train_size"] = 16 if smoke else 256
+    params = parse_params(raw, source="params.paper.yaml (bench resume)")
+    n_eval = 5 if smoke else 100
+    data = RunData(
+        tinted_split(S1, params.split.train_size, size, seed=7),
+        tinted_split((0.2,) * 5, n_eval, size, seed=8),
+        tinted_split((0.2,) * 5, n_eval, size, seed=9),
+    )
+    with tempfile.TemporaryDirectory() as out:
+        whole, whole_history, _ = train(
+            params, data, "adaptive", Path(out) / "whole", data_hash="bench", device=device
+        )
+        common = {"data_hash": "bench", "device": device}
+        train(params, data, "adaptive", Path(out) / "cut", max_epochs=1, **common)
+        resumed, resumed_history, _ = train(params, data, "adaptive", Path(out) / "cut", **common)
+    whole_loss = [e["loss"] for e in whole_history.epochs]
+    resumed_loss = [e["loss"] for e in resumed_history.epochs]
+    rel = max(
+        abs(a - b) / max(abs(a), 1e-12) for a, b in zip(whole_loss, resumed_loss, strict=True)
+    )
+    weight_diff = max(
+        float((a.detach().float().cpu() - b.detach().float().cpu()).abs().max())
+        for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True)
+        if a.is_floating_point()
+    )
+    rtol = 0.0 if device.type == "cpu" else RESUME_RTOL
+    return {
+        "image_size": size,
+        "train_images": params.split.train_size,
+        "loss_whole": whole_loss,
+        "loss_resumed": resumed_loss,
+        "max_rel_loss_diff": rel,
+        "max_abs_weight_diff": weight_diff,
+        "rtol": rtol,
+        "within_tolerance": rel <= rtol,
+    }
+
+
 def host_info(device: torch.device) -> dict:
     info = {
         "cpu": cpu_name(),
@@ -277,6 +331,13 @@ def write_results(result: dict, out: Path) -> None:
         f"First-step loss on one batch and the same weights (dropout off): CPU float32 "
         f"{parity['cpu_fp32']:.6f}; device {diffs}.",
         "",
+        f"Resume on the device (adaptive, {result['resume']['train_images']} images, 2 epochs, "
+        f"deterministic): cut after epoch 1 and resumed vs uninterrupted, epoch losses "
+        f"{result['resume']['loss_resumed']} vs {result['resume']['loss_whole']}, largest relative "
+        f"loss difference {result['resume']['max_rel_loss_diff']:.2e} (tolerance "
+        f"{result['resume']['rtol']:g}: {'met' if result['resume']['within_tolerance'] else 'NOT met'}"
+        f"), largest weight difference {result['resume']['max_abs_weight_diff']:.2e}.",
+        "",
         f"Paper setup: all {paper['runs']} runs (5 scenarios x baseline + adaptive), "
         f"{paper['train_images']:,} training images, {paper['epochs']} epochs at "
         f"{paper['image_size']} px, patience off, per-epoch validation and checkpoints; no "
@@ -315,6 +376,7 @@ def run_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
         "smoke": smoke,
         "throughput": [],
         "first_step_loss": None,
+        "resume": None,
         "paper_setup": [],
     }
     for method in methods:
@@ -325,6 +387,8 @@ def run_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
                 result["throughput"].append(cell)
     result["first_step_loss"] = first_step_loss(size, batch_sizes[0], device, AMP_MODES)
     print(json.dumps(result["first_step_loss"]), flush=True)
+    result["resume"] = resume_check(device, size, smoke)
+    print(json.dumps(result["resume"]), flush=True)
     for amp in ("none",) if smoke else AMP_MODES:
         paper = paper_setup(amp, device, 2 if smoke else args.epochs, args.full, smoke)
         print(json.dumps(paper), flush=True)

@@ -45,4 +45,8 @@ def test_the_smoke_mode_runs_every_part_on_the_cpu(bench, tmp_path):
     (paper,) = result["paper_setup"]
     assert paper["runs"] == 10 and paper["extrapolated"] and paper["measured_epochs"] == 2
     assert paper["total_s"] > 0
-    assert "Smoke run" in (tmp_path / "gpu.md").read_text()
+    resume = result["resume"]  # on the CPU a resumed run is exact
+    assert len(resume["loss_whole"]) == 2 and resume["loss_resumed"] == resume["loss_whole"]
+    assert resume["max_abs_weight_diff"] == 0.0 and resume["within_tolerance"]
+    report = (tmp_path / "gpu.md").read_text()
+    assert "Smoke run" in report and "tolerance 0: met" in report

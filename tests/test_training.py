@@ -81,6 +81,19 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(data, tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_resumed_cuda_run_ends_within_the_stated_tolerance(data, tmp_path):
+    """On CUDA: epoch losses within 0.1 % (benchmarks/bench_gpu.py's RESUME_RTOL), CPU weights."""
+    params = tiny_params(epochs=3, device="cuda", deterministic=True)
+    _, whole, _ = train(params, data, "adaptive", tmp_path / "whole", data_hash="h")
+    train(params, data, "adaptive", tmp_path / "cut", data_hash="h", max_epochs=1)
+    _, resumed, _ = train(params, data, "adaptive", tmp_path / "cut", data_hash="h")
+    for a, b in zip(whole.epochs, resumed.epochs, strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-3 * abs(a["loss"]), (a, b)
+    saved = torch.load(tmp_path / "cut" / training.BEST_WEIGHTS, weights_only=True)
+    assert all(t.device.type == "cpu" for t in saved.values())
+
+
 def test_a_checkpoint_of_other_data_is_not_resumed(data, tmp_path):
     params = tiny_params(epochs=2)
     train(params, data, "baseline", tmp_path, data_hash="old", max_epochs=1)
