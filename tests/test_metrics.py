@@ -1,10 +1,12 @@
-"""The metrics.json val/test block: hand-worked values and edge cases."""
+"""The metrics.json val/test block: hand-worked values, edge cases, and scikit-learn's and
+imbalanced-learn's values (the reference implementations, test-only dependencies)."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pytest
 
 from aider_edge.metrics import classification_metrics
@@ -49,7 +51,6 @@ def test_perfect_predictions() -> None:
     assert m["f1_per_class"] == {"a": 1.0, "b": 1.0, "c": 1.0}
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")  # sklearn/imblearn warn on the absent class
 def test_confusion_matrix_is_k_by_k_with_absent_class() -> None:
     # Class c appears neither in y_true nor in y_pred; class d only in y_pred.
     m = classification_metrics([0, 1, 1], [0, 1, 3], ["a", "b", "c", "d"])
@@ -76,3 +77,45 @@ def test_json_serialisable() -> None:
 def test_bad_inputs_rejected(y_true: list, y_pred: list, classes: list) -> None:
     with pytest.raises(ValueError):
         classification_metrics(y_true, y_pred, classes)
+
+
+def reference_metrics(y_true, y_pred, k: int) -> dict:
+    """The same block from scikit-learn and imbalanced-learn themselves."""
+    from imblearn.metrics import geometric_mean_score
+    from sklearn import metrics
+
+    labels = list(range(k))
+    f1 = metrics.f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    return {
+        "accuracy": metrics.accuracy_score(y_true, y_pred),
+        "g_mean": geometric_mean_score(y_true, y_pred, labels=labels, average="multiclass"),
+        "macro_f1": np.mean(f1),
+        "balanced_accuracy": metrics.balanced_accuracy_score(y_true, y_pred),
+        "mcc": metrics.matthews_corrcoef(y_true, y_pred),
+        "f1_variance": np.var(f1),
+        "f1_per_class": list(f1),
+        "recall_per_class": list(
+            metrics.recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+        ),
+        "confusion_matrix": metrics.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # sklearn/imblearn warn on absent classes
+@pytest.mark.parametrize("seed", range(40))
+def test_every_value_equals_scikit_learn_and_imbalanced_learn(seed) -> None:
+    """Random label vectors, skewed the way imbalanced predictions are (absent and never
+    predicted classes included): every value bit-identical to the reference libraries'."""
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(2, 7))
+    n = int(rng.integers(1, 300))
+    y_true = rng.choice(k, n, p=rng.dirichlet(np.full(k, 0.5)))
+    y_pred = np.where(
+        rng.random(n) < rng.random(), y_true, rng.choice(k, n, p=rng.dirichlet(np.ones(k)))
+    )
+    ours = classification_metrics(y_true, y_pred, [f"c{i}" for i in range(k)])
+    ours["f1_per_class"] = list(ours["f1_per_class"].values())
+    ours["recall_per_class"] = list(ours["recall_per_class"].values())
+    reference = reference_metrics(y_true, y_pred, k)
+    for key, value in reference.items():
+        assert ours[key] == (value.tolist() if isinstance(value, np.ndarray) else value), key
