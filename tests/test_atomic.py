@@ -63,3 +63,20 @@ def test_temporary_names_never_collide(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic.secrets, "token_hex", lambda n: next(names))
     atomic.write_text(tmp_path / "out.json", "mine")
     assert taken.read_text() == "another writer's" and (tmp_path / "out.json").read_text() == "mine"
+
+
+def test_a_killed_writers_temporaries_are_swept_and_nothing_else(tmp_path):
+    """What a ``kill -9`` mid-write leaves (a sibling temp file, a temp folder) goes at the next
+    start; the artifacts, other hidden files and anything below the folder stay."""
+    # The very names the writers create (their cleanup never ran: the process was killed).
+    stale_file = atomic._create_sibling(tmp_path / "model.int8.onnx", ".onnx", Path.touch)
+    stale_dir = atomic._create_sibling(tmp_path / "raw", "", Path.mkdir)
+    (stale_dir / "images").mkdir()
+    (tmp_path / "kept").mkdir()
+    keep = [tmp_path / "model.onnx", tmp_path / ".gitignore", tmp_path / "kept" / ".x.12345678.tmp"]
+    for path in keep:
+        path.write_text("x")
+
+    removed = atomic.remove_stale_temporaries(tmp_path, tmp_path / "absent")
+    assert sorted(removed) == sorted([stale_file, stale_dir])
+    assert all(path.exists() for path in keep) and not stale_dir.exists()

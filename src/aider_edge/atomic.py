@@ -15,6 +15,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -103,3 +104,26 @@ def _create_sibling(target: Path, suffix: str, create: Callable[[Path], None]) -
             continue
         return path
     raise FileExistsError(f"no free temporary name beside {target}")
+
+
+# ``_create_sibling``'s names: ".<target name>.<8 hex digits><suffix>.tmp"
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}(\.[A-Za-z0-9]+)?\.tmp$")
+
+
+def remove_stale_temporaries(*folders: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporaries of atomic writes that a killed process left in ``folders`` (not
+    below them); return what was removed. Call it only for folders no other process is writing
+    into at the time: a stage's own output folders, when the stage starts."""
+    removed = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if not _TEMP_NAME.match(entry.name):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed

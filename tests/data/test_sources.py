@@ -32,6 +32,16 @@ def test_synthetic_source_is_deterministic(tmp_path: Path, aider_classes):
     assert not list((tmp_path / "data").glob(".source-*")), "the generated tree must be cleaned up"
 
 
+def test_a_killed_ingests_leftovers_are_gone_at_the_next_run(tmp_path: Path):
+    """A killed ingest leaves its unpacked source (data/.source-*) and its half-built pool."""
+    leftovers = [tmp_path / "data" / ".source-x1y2", tmp_path / "data" / ".raw.00c0ffee.tmp"]
+    for folder in leftovers:
+        (folder / "fire").mkdir(parents=True)
+        (folder / "fire" / "a.jpg").write_bytes(b"half")
+    ingest.run(small_params(data={"synthetic": {"per_class": 2, "image_size": 32}}), tmp_path)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
+
+
 def test_folder_source(tmp_path: Path):
     write_image_tree(tmp_path / "aider", {"fire": 3, "normal": 4})
     params = small_params(data={"source": "folder", "path": "aider", "classes": ["fire", "normal"]})

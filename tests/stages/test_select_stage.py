@@ -131,3 +131,13 @@ def test_select_and_report_read_every_run_and_neither_the_other():
     assert select_outs == {"selection/selected.json"}
     assert not any(d.startswith(("selection", "reports")) for d in stages["report"]["deps"])
     assert not any(d.startswith("reports") for d in stages["select"]["deps"])
+
+
+def test_a_killed_selects_temporary_is_gone_at_the_next_run(tmp_path):
+    write_run(tmp_path, "s1", "baseline", g_mean=0.6)
+    write_run(tmp_path, "s1", "adaptive", g_mean=0.7)
+    stale = tmp_path / "selection" / ".selected.json.1234abcd.tmp"
+    stale.parent.mkdir()
+    stale.write_text("{")  # a select killed while writing
+    select(small_params(train={"scenarios": ["s1"]}), tmp_path)
+    assert sorted(p.name for p in stale.parent.iterdir()) == ["selected.json"]

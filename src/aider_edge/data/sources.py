@@ -14,9 +14,17 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from aider_edge import layout
 from aider_edge.config import DataConfig
 from aider_edge.errors import DataError
 from aider_edge.progress import Progress
+
+SCRATCH_PREFIX = ".source-"  # a generated or extracted source, unpacked for ingest
+
+
+def scratch_folder(project_root: Path) -> Path:
+    """Where a generated or extracted source is unpacked for ingest: beside ``data/raw``."""
+    return project_root / layout.RAW_DIR.parent
 
 
 @contextlib.contextmanager
@@ -34,9 +42,9 @@ def class_folder_tree(
         yield root
         return
 
-    scratch = project_root / "data"
+    scratch = scratch_folder(project_root)
     scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".source-", dir=scratch) as tmp:
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=scratch) as tmp:
         tmp_dir = Path(tmp)
         if data.source == "synthetic":
             from aider_edge.data.synthetic import generate_synthetic_pool

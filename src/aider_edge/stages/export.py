@@ -21,7 +21,7 @@ import onnx
 
 from aider_edge import atomic, contract, layout, lineage
 from aider_edge.config import Params
-from aider_edge.data.cache import workspace_cache
+from aider_edge.data.cache import DecodedSplit, workspace_cache
 from aider_edge.export import graph, int8, onnx_export
 from aider_edge.export.checkpoint import load_classifier, model_inputs
 from aider_edge.stages.select import read_selected
@@ -32,6 +32,7 @@ REWRITE_ATOL = 1e-5  # summation order may differ between the two kernels; argma
 def run(params: Params, root: Path) -> dict[str, Any]:
     """Export (and quantise) the selected classifier; the ``export.json`` dict."""
     root = Path(root)
+    atomic.remove_stale_temporaries(root / layout.EXPORT_DIR)
     cfg = params.export
     selected = read_selected(root)
     classifier = load_classifier(params, root / selected["checkpoint"])
@@ -42,7 +43,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     train_csv = root / layout.train_split(selected["scenario"])
     cache = workspace_cache(root, size, params.data.max_pixels)
     train_split = cache.open_split(train_csv, params.data.classes)
-    calibration = _calibration_images(train_split, cfg.calibration.images, params.seed)
+    calibration = calibration_images(train_split, cfg.calibration.images, params.seed)
     inputs = model_inputs(calibration, cfg.preprocessing_in_graph)
 
     report: dict = {
@@ -95,7 +96,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     return report
 
 
-def _calibration_images(split, count: int, seed: int) -> np.ndarray:
+def calibration_images(split: DecodedSplit, count: int, seed: int) -> np.ndarray:
     """A seeded sample of ``count`` training images (uint8 NHWC), all of them if fewer."""
     n = len(split)
     rng = np.random.default_rng(seed)

@@ -52,6 +52,7 @@ def read_candidate(root: Path, scenario: str, method: str) -> dict[str, Any]:
 def run(params: Params, root: Path) -> dict[str, Any]:
     """Rank the candidate runs and write ``selection/selected.json``."""
     root = Path(root)
+    atomic.remove_stale_temporaries(root / layout.SELECTION_DIR)
     ranked = rank_candidates([read_candidate(root, s, m) for s, m in candidate_runs(params)])
     best = ranked[0]
     selected = {

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aider_edge import layout
+from aider_edge import atomic, layout
 from aider_edge.config import Params
 from aider_edge.data.split import SplitPlan, run_split
 from aider_edge.imbalance import imbalance_sigma
 
 
 def run(params: Params, root: Path) -> SplitPlan:
+    atomic.remove_stale_temporaries(root / layout.SPLITS_DIR.parent)
     return run_split(params, root / layout.MANIFEST, root / layout.SPLITS_DIR)
 
 

@@ -67,6 +67,7 @@ def run(
     )
     out_dir = root / layout.run_dir(scenario, method)
     out_dir.mkdir(parents=True, exist_ok=True)
+    atomic.remove_stale_temporaries(out_dir)  # this run's own folder: other runs may be writing
     name = layout.run_name(scenario, method)
     with contextlib.ExitStack() as stack:
         tracked = stack.enter_context(

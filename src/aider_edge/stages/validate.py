@@ -73,6 +73,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     from aider_edge.export.checkpoint import load_classifier
 
     root = Path(root)
+    atomic.remove_stale_temporaries(root / layout.VALIDATION_DIR)
     cfg = params.validate_
     selected = read_selected(root)
     fp32_path, int8_path = root / layout.FP32_MODEL, root / layout.INT8_MODEL
