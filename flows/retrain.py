@@ -47,7 +47,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from aider_edge import dvc_graph, fanout, layout, lineage, registry, tracking
+from aider_edge import console, dvc_graph, fanout, layout, lineage, registry, tracking
 from aider_edge.bundling import deployed_model_name
 from aider_edge.config import FlowConfig, Params, load_params
 from aider_edge.data.cache import warm_cache
@@ -392,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-publish", action="store_true", help="skip the drone bundle")
     args = parser.parse_args(argv)
+    console.one_line_console("prefect")  # the flow's own error line, not Prefect's tracebacks
     try:
         # Checked before Prefect starts (its temporary server alone takes seconds).
         params = load_params(project_root(args.project_dir) / layout.PARAMS_FILE)

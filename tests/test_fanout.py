@@ -81,3 +81,23 @@ def test_remote_workers_refuse_uncommitted_code(tmp_path):
     (repo / "src" / "m.py").write_text("x = 2\n")
     with pytest.raises(AiderEdgeError, match=r"src/m\.py changed since: commit"):
         fanout.snapshot(repo)
+
+
+def test_a_stage_killed_by_a_signal_is_named_and_its_progress_bar_cut_off():
+    output = (
+        "Running stage 'train@s5-adaptive':\n"
+        "s5-adaptive:  64%|######4   | 128/200 [00:07<00:03, 18.1img/s]"
+        "ERROR: failed to reproduce 'train@s5-adaptive': failed to run: aider-edge train "
+        "--scenario s5 --method adaptive, exited with -9\n"
+    )
+    line = dvc_graph.error_line("train@s5-adaptive", output, 255)
+    assert line == (
+        "stage train@s5-adaptive was killed by SIGKILL (exit 255): ERROR: failed to reproduce "
+        "'train@s5-adaptive': failed to run: aider-edge train --scenario s5 --method adaptive, "
+        "exited with -9"
+    )
+    own = "aider-edge train: error: params.yaml: train.lr = 0: must be > 0\nERROR: failed ..."
+    assert dvc_graph.error_line("train@s1-baseline", own, 255) == (
+        "stage train@s1-baseline failed: aider-edge train: error: params.yaml: train.lr = 0: "
+        "must be > 0"
+    )

@@ -15,12 +15,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
-from aider_edge import layout
+from aider_edge import console, layout
 from aider_edge.errors import AiderEdgeError
 
 if TYPE_CHECKING:
     from aider_edge.config import Params
 
+EXIT_FAULT = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -371,6 +372,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a fault, not a user error: one line unless AIDER_EDGE_DEBUG is set
+        if console.debugging():
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(
+            f"aider-edge {args.command}: error: {type(exc).__name__}: {first} "
+            f"(set {console.DEBUG_ENV}=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAULT
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,13 +77,22 @@ def dvc_executable() -> str:
 
 
 def error_line(stage: str, output: str, code: int) -> str:
-    """The stage's own one-line error (``aider-edge <cmd>: error: ...``), else DVC's."""
+    """The stage's own one-line error (``aider-edge <cmd>: error: ...``), else DVC's; a command
+    killed by a signal is named as such."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     own = [line for line in lines if re.match(r"aider-edge [\w-]+: error: ", line)]
     if own:
         return f"stage {stage} failed: {own[-1]}"
-    dvc_errors = [line for line in lines if line.startswith("ERROR")]
+    # A progress bar redrawn with carriage returns can run into DVC's line: start at "ERROR".
+    dvc_errors = [line[line.index("ERROR: ") :] for line in lines if "ERROR: " in line]
     last = dvc_errors[-1] if dvc_errors else (lines[-1] if lines else "no output")
+    killed = re.search(r"exited with -(\d+)", last)
+    if killed:
+        try:
+            name = signal.Signals(int(killed.group(1))).name
+        except ValueError:
+            name = f"signal {killed.group(1)}"
+        return f"stage {stage} was killed by {name} (exit {code}): {last}"
     return f"stage {stage} failed (exit {code}): {last}"
 
 

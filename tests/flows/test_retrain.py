@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.slow  # a Prefect server and real DVC, git and MLflow s
 MODEL = "aider-edge-classifier"
 FLOW_PARAMS = {
     "train": {"scenarios": ["s1"], "methods": ["baseline"]},
-    "export": {"calibration": {"images": 16, "method": "minmax"}},  # entropy costs minutes here
+    "export": {"calibration": {"images": 16, "method": "minmax"}},  # the cheapest calibration
     "validate": {
         "profiles": [
             {"name": "host", "threads": 1, "budget_ms": 1000.0},
@@ -119,6 +120,35 @@ def test_unreachable_tracking_server_stops_before_any_stage(retrain, project, en
         retrain.retrain(project_dir=str(project))
     assert "\n" not in str(err.value)
     assert not (project / "data/raw").exists()
+
+
+def test_a_failed_flow_prints_its_own_line_and_no_traceback(retrain, project):
+    """``python flows/retrain.py`` as a user runs it: Prefect's tracebacks stay off the console."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = (
+        os.environ
+        | GIT_ENV
+        | {
+            "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",  # nothing listens: the flow fails at once
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+    )
+    env.pop("AIDER_EDGE_DEBUG", None)
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "flows" / "retrain.py"), "--project-dir", str(project)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("retrain: error: ")]
+    assert len(errors) == 1 and "MLflow tracking server" in errors[0], output
 
 
 def test_a_second_run_on_a_busy_workspace_stops_or_waits(retrain, project, env):
