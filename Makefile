@@ -25,7 +25,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run serve test test-fast lint typecheck format bench bench-gpu bench-science clean
+.PHONY: setup run serve test test-fast lint typecheck format bench bench-gpu bench-int8 bench-science clean
 
 ## setup: create or update .venv from uv.lock (quick when nothing changed)
 setup: $(STAMP)
@@ -79,6 +79,11 @@ bench: setup
 ## paper setup's wall time) into benchmarks/results/gpu.{json,md}; without CUDA it says so and stops
 bench-gpu: setup
 	$(BIN)/python benchmarks/bench_gpu.py
+
+## bench-int8: why INT8 loses accuracy on the demo model and what each remedy does (trains the
+## demo's selected run first, about 5 min) into benchmarks/results/int8.{json,md}
+bench-int8: setup
+	$(BIN)/python benchmarks/bench_int8.py
 
 ## bench-science: the seeded study on Fashion-MNIST and the synthetic data (about 40-90 min on
 ## 2 cores; resumable; installs the Debian package dataset-fashion-mnist when missing)

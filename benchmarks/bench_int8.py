@@ -7,9 +7,9 @@ scored by the drone's scorer (``OnnxClassifier``) on the whole test split agains
 G-Mean, top-1 agreement, max |logit diff|, the gate of ``validate`` (G-Mean within
 ``validate.int8_max_g_mean_drop``, agreement >= ``validate.int8_min_top1_agreement``).
 
-Attempts: the shipped settings; MinMax and percentile calibration; 7-bit weights
-(``reduce_range``); S8S8 activations; and float for the nodes whose own quantisation hurts most
-(per-tensor SQNR of the QDQ model, onnxruntime's ``qdq_loss_debug``), 1, 2, 4, ... of them.
+Attempts: the shipped settings; MinMax and percentile calibration; S8S8 activations; 7-bit
+weights (``reduce_range``); then, on the best of those, float for the nodes whose own quantisation
+hurts most (per-tensor SQNR of the QDQ model, onnxruntime's ``qdq_loss_debug``), 1, 2, 4, ...
 
 Writes ``benchmarks/results/int8.json`` and ``benchmarks/results/int8.md``.
 Usage: ``python benchmarks/bench_int8.py [--project DIR]``
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RUN = ("s5", "adaptive")  # what select picks on the default params.yaml
 SENSITIVE_COUNTS = (1, 2, 4, 8, 16, 32)
+CONV_GEMM = ("Conv", "Gemm")
 
 
 @contextmanager
@@ -80,12 +82,14 @@ def sensitive_nodes(fp32: Path, qdq: Path, inputs: np.ndarray) -> list[tuple[str
         modify_model_output_intermediate_tensors,
     )
 
+    collected = []
     with tempfile.TemporaryDirectory() as tmp:
-        augmented = Path(tmp) / "augmented.onnx"
-        modify_model_output_intermediate_tensors(str(qdq), str(augmented))
-        reader = int8.ArrayReader(contract.INPUT_NAME, inputs, 8)
-        activations = collect_activations(str(augmented), reader)
-    errors = compute_activation_error(create_activation_matching(activations))
+        for model in (qdq, fp32):
+            augmented = Path(tmp) / f"augmented-{model.stem}.onnx"
+            modify_model_output_intermediate_tensors(str(model), str(augmented))
+            reader = int8.ArrayReader(contract.INPUT_NAME, inputs, 8)
+            collected.append(collect_activations(str(augmented), reader))
+    errors = compute_activation_error(create_activation_matching(*collected))
     producer = {out: node.name for node in onnx.load(str(fp32)).graph.node for out in node.output}
     ranked = sorted(
         ((producer[name], e["qdq_err"]) for name, e in errors.items() if name in producer),
@@ -161,16 +165,47 @@ def study(project: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model.int8.onnx"
         common = (project, params, inputs, frames, labels, reference)
-        rows.append(attempt("shipped (entropy, U8S8)", *common, shipped, out))
+        calibrations = {
+            "entropy": replace(shipped, method="entropy", percentile=99.999),
+            "minmax": replace(shipped, method="minmax"),
+            "percentile 99.999": replace(shipped, method="percentile", percentile=99.999),
+            "percentile 99.99 (shipped)": replace(shipped, method="percentile", percentile=99.99),
+            "S8S8 entropy": replace(shipped, method="entropy", activation_type="int8"),
+            "S8S8 minmax": replace(shipped, method="minmax", activation_type="int8"),
+        }
+        for name, settings in calibrations.items():
+            rows.append(attempt(name, *common, settings, out))
+        rows.append(
+            attempt(
+                "reduce_range (7-bit), percentile 99.99", *common, shipped, out, reduce_range=True
+            )
+        )
+        # element-wise ops (hard-swish, squeeze-excite multiplications, residual adds) in float
+        for name in ("minmax", "percentile 99.99 (shipped)"):
+            rows.append(
+                attempt(
+                    f"{name}, Conv + Gemm only",
+                    *common,
+                    calibrations[name],
+                    out,
+                    op_types=CONV_GEMM,
+                )
+            )
+        # float nodes on top of the best calibration: ranked by their own quantisation error
+        best = max(rows, key=lambda r: (r["top1_agreement"], r["g_mean_int8"]))
+        base = calibrations.get(best["attempt"].removesuffix(", Conv + Gemm only"), shipped)
+        options = {"op_types": CONV_GEMM} if best["attempt"].endswith("Conv + Gemm only") else {}
+        attempt(best["attempt"], *common, base, out, **options)
         ranked = sensitive_nodes(project / layout.FP32_MODEL, out, inputs[:32])
-        rows.append(attempt("minmax", *common, replace(shipped, method="minmax"), out))
-        rows.append(attempt("percentile", *common, replace(shipped, method="percentile"), out))
-        rows.append(attempt("reduce_range (7-bit)", *common, shipped, out, reduce_range=True))
-        rows.append(attempt("S8S8", *common, replace(shipped, activation_type="int8"), out))
         for count in SENSITIVE_COUNTS:
             nodes = tuple(name for name, _ in ranked[:count])
             row = attempt(
-                f"float: {count} most sensitive", *common, shipped, out, nodes_to_exclude=nodes
+                f"{best['attempt']} + float: {count} most sensitive",
+                *common,
+                base,
+                out,
+                nodes_to_exclude=nodes,
+                **options,
             )
             row["nodes"] = list(nodes)
             rows.append(row)
@@ -210,7 +245,7 @@ def markdown(result: dict) -> str:
     lines += [
         "",
         "Nodes whose own quantisation distorts their output most (SQNR of the tensor before vs "
-        "after its QDQ pair, shipped settings):",
+        "after its QDQ pair, best calibration):",
         "",
         "| node | SQNR dB |",
         "|---|---:|",
@@ -222,11 +257,14 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, help="an exported workspace (default: build one)")
+    parser.add_argument("--keep", type=Path, help="copy the built workspace here for later runs")
     args = parser.parse_args()
     if args.project:
         result = study(args.project)
     else:
         with demo_project() as project:
+            if args.keep:
+                shutil.copytree(project, args.keep, symlinks=True)
             result = study(project)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "int8.json").write_text(json.dumps(result, indent=2) + "\n")

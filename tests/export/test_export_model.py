@@ -169,11 +169,11 @@ def test_int8_is_qdq_with_per_channel_weights_and_the_metadata(project, test_ima
     assert meta["mlflow_run_id"] == read_selected(project)["run_id"]
     report = json.loads((project / "export" / "export.json").read_text())
     assert report["int8"]["calibration"] == {
-        "method": "entropy",
+        "method": "percentile",
         "images": 32,
         "num_bins": 2048,
-        "num_quantized_bins": 128,
-        "percentile": None,
+        "num_quantized_bins": None,
+        "percentile": 99.99,
     }
     assert report["int8"]["bytes"] < 0.4 * report["fp32"]["bytes"]
     logits = session(path).run(None, {"input": model_inputs(test_images, False)})[0]

@@ -117,11 +117,13 @@ def quantize(
     *,
     nodes_to_exclude: tuple[str, ...] = (),
     reduce_range: bool = False,
+    op_types: tuple[str, ...] = (),
 ) -> dict:
     """Write the QDQ INT8 model of ``fp32_path`` to ``out_path``; return what was done.
 
     ``nodes_to_exclude`` stay in float; ``reduce_range`` quantises weights to 7 bits (what
-    onnxruntime advises for x86 CPUs without VNNI, where U8S8 can saturate)."""
+    onnxruntime advises for x86 CPUs without VNNI, where U8S8 can saturate); ``op_types``, when
+    given, limits quantisation to those operators (e.g. ``Conv``, ``Gemm``)."""
     ranges = calibrate_ranges(fp32_path, input_name, calibration_inputs, settings)
     with tempfile.TemporaryDirectory(prefix="aider-edge-quant.") as tmp:
         cache = Path(tmp) / "ranges.json"
@@ -134,6 +136,7 @@ def quantize(
             per_channel=True,
             reduce_range=reduce_range,
             nodes_to_exclude=list(nodes_to_exclude),
+            op_types_to_quantize=list(op_types) or None,
             activation_type=ACTIVATION_TYPES[settings.activation_type],
             weight_type=QuantType.QInt8,
             calibrate_method=METHODS[settings.method],
@@ -146,6 +149,7 @@ def quantize(
         "activations": settings.activation_type,
         "reduce_range": reduce_range,
         "float_nodes": list(nodes_to_exclude),
+        "op_types": list(op_types) or "all",
         "calibration": {
             "method": settings.method,
             "images": len(calibration_inputs),
