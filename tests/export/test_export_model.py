@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -56,6 +57,16 @@ def session(path: Path) -> ort.InferenceSession:
 def torch_logits(classifier, images: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return classifier(torch.from_numpy(model_inputs(images, False))).numpy()
+
+
+def test_the_same_inputs_give_the_same_bytes(project, tmp_path):
+    """DVC sees no change when nothing changed: a second export writes identical files."""
+    again = copy_project(project, tmp_path / "again")
+    run_export(project_params(again), again)
+    for name in ("model.onnx", "model.int8.onnx", "export.json"):
+        first = hashlib.sha256((project / "export" / name).read_bytes()).hexdigest()
+        second = hashlib.sha256((again / "export" / name).read_bytes()).hexdigest()
+        assert first == second, name
 
 
 def test_the_model_has_the_io_and_metadata_contract(project):
