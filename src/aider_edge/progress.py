@@ -1,4 +1,9 @@
-"""Progress bars for long stages, as ``(done, total)`` callbacks the library functions accept."""
+"""Progress bars for long stages, as ``(done, total)`` callbacks the library functions accept.
+
+Bars are drawn on terminals only: where stderr is a pipe (a stage inside the Prefect flow, CI
+logs) each redraw would become a log line of its own, so there only the lines written with
+:func:`note` and a run's one line per epoch appear.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,12 @@ def progress_bar(description: str, unit: str = "img") -> Iterator[Progress]:
         nonlocal bar
         if bar is None:
             bar = tqdm(
-                desc=description, total=total, unit=unit, dynamic_ncols=True, mininterval=0.5
+                desc=description,
+                total=total,
+                unit=unit,
+                dynamic_ncols=True,
+                mininterval=0.5,
+                disable=None,  # None: off where stderr is not a terminal
             )
         bar.update(done - bar.n)
         if done >= total:
@@ -48,8 +58,8 @@ class TrainingBar:
     """A run's progress on stderr: a bar over its training images (throughput in img/s and the
     running loss) and one line per epoch with the validation figures.
 
-    The per-epoch lines matter where stderr is not a terminal (``dvc repro`` inside a Prefect
-    task, CI logs): there a bar only shows when it closes, while a line arrives as it is written.
+    The per-epoch lines are what remains where stderr is not a terminal (``dvc repro`` inside a
+    Prefect task, CI logs): there the bar is off, and each line arrives as it is written.
     """
 
     def __init__(self, description: str, epochs: int, images_per_epoch: int) -> None:
@@ -62,6 +72,7 @@ class TrainingBar:
             unit="img",
             dynamic_ncols=True,
             mininterval=1.0,
+            disable=None,  # None: off where stderr is not a terminal
         )
         self._loss: float | None = None
 
