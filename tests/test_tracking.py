@@ -238,6 +238,43 @@ def test_exception_inside_the_run_marks_it_failed(store, project):
     got = MlflowClient(store).get_run(run.run_id)
     assert got.info.status == "FAILED"
     assert got.data.metrics["loss"] == 1.0
+    assert got.data.tags[tracking.TAG_FAILURE] == "RuntimeError: boom"
+
+
+def _killed_run(store: str, project: Path, csv: Path, method: str) -> str:
+    """A run whose process was killed mid-training: it stays RUNNING in the store."""
+    params = _params(store)
+    with tracking.tracked_run(params, project, "s1", method, csv) as run:
+        run.log_epoch({"epoch": 0, "loss": 2.0}, step=0)
+        MlflowClient(store).set_terminated(run.run_id, "RUNNING")  # no end: as after a SIGKILL
+        mlflow.end_run("RUNNING")
+        return run.run_id
+
+
+def test_a_killed_run_is_continued_when_training_resumes(store, project):
+    csv = project / "data" / "splits" / "train_s1.csv"
+    killed = _killed_run(store, project, csv, "baseline")
+    checkpoint = project / "models" / "s1-baseline" / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_bytes(b"the resume state")  # the run resumes from its checkpoint
+    with tracking.tracked_run(_params(store), project, "s1", "baseline", csv) as run:
+        run.log_epoch({"epoch": 1, "loss": 1.0}, step=1)
+    assert run.run_id == killed
+    got = MlflowClient(store)
+    assert got.get_run(killed).info.status == "FINISHED"
+    assert [m.value for m in got.get_metric_history(killed, "loss")] == [2.0, 1.0]
+    checkpoint.unlink()
+
+
+def test_a_killed_run_without_a_checkpoint_is_closed_as_killed(store, project):
+    csv = project / "data" / "splits" / "train_s1.csv"
+    killed = _killed_run(store, project, csv, "wce")
+    assert not (project / "models" / "s1-wce" / "checkpoint.pt").exists()
+    with tracking.tracked_run(_params(store), project, "s1", "wce", csv) as run:
+        pass
+    assert run.run_id != killed
+    stale = MlflowClient(store).get_run(killed)
+    assert stale.info.status == "KILLED" and "killed" in stale.data.tags[tracking.TAG_FAILURE]
 
 
 def test_real_classifier_logs_and_loads_back_with_the_same_logits(store, project, tmp_path):

@@ -84,6 +84,8 @@ log = logging.getLogger(__name__)
 TAG_SCENARIO = "scenario"
 TAG_METHOD = "method"
 TAG_STAGE = "stage"
+TAG_WORKSPACE = "aider_edge.workspace"  # the checkout a run was trained in (stale runs are its own)
+TAG_FAILURE = "aider_edge.failure"  # why a run ended FAILED or KILLED, in one line
 """``"report"`` on the run that holds the report artifacts (training runs have no stage tag)."""
 
 MODEL_NAME = "model"
@@ -538,7 +540,9 @@ def tracked_run(
     """One MLflow run ``<scenario>-<method>`` with params, lineage tags and the training input.
 
     Ends ``FINISHED`` when the block completes, ``FAILED`` when it raises (``KILLED`` on
-    KeyboardInterrupt); the exception propagates.
+    KeyboardInterrupt), with the reason in the tag ``aider_edge.failure``; the exception
+    propagates. A run a killed process left RUNNING is continued when training resumes from its
+    checkpoint, and closed as ``KILLED`` otherwise (:func:`_close_stale_runs`).
     """
     import mlflow
 
@@ -550,8 +554,12 @@ def tracked_run(
     tags = {
         TAG_SCENARIO: scenario,
         TAG_METHOD: method,
+        TAG_WORKSPACE: str(root),
         **lineage.lineage_tags(root, train_split_csv),
     }
+    resumed = _close_stale_runs(
+        client, experiment_id, root, scenario, method, flatten_params(params)
+    )
 
     # The fluent API (log_model, log_input) needs the global URI. mlflow.set_tracking_uri also
     # exports MLFLOW_TRACKING_URI into os.environ, which would then override params.yaml for every
@@ -559,21 +567,60 @@ def tracked_run(
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
-        run = mlflow.start_run(
-            experiment_id=experiment_id, run_name=f"{scenario}-{method}", tags=tags
-        )
+        if resumed is not None:  # the killed run's epochs so far stay in it; training resumes
+            run = mlflow.start_run(run_id=resumed, tags=tags)
+        else:
+            run = mlflow.start_run(
+                experiment_id=experiment_id, run_name=f"{scenario}-{method}", tags=tags
+            )
         tracker = RunTracker(client, run.info.run_id, experiment_id, uri, scenario, method)
         try:
-            tracker.log_params(flatten_params(params))
-            tracker.log_dataset(train_split_csv, f"train_{scenario}")
+            if resumed is None:  # params and input are logged once (MLflow refuses a re-log)
+                tracker.log_params(flatten_params(params))
+                tracker.log_dataset(train_split_csv, f"train_{scenario}")
             yield tracker
         except BaseException as exc:
-            mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            killed = isinstance(exc, KeyboardInterrupt)
+            reason = "interrupted" if killed else f"{type(exc).__name__}: {exc}"
+            client.set_tag(run.info.run_id, TAG_FAILURE, " ".join(reason.split())[:500])
+            mlflow.end_run("KILLED" if killed else "FAILED")
             raise
         mlflow.end_run("FINISHED")
     finally:
         # None unsets both the global and the env var (mlflow's annotation omits None).
         mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]
+
+
+def _close_stale_runs(
+    client: Any,
+    experiment_id: str,
+    root: Path,
+    scenario: str,
+    method: str,
+    params: Mapping[str, str],
+) -> str | None:
+    """Runs of this workspace's ``<scenario>-<method>`` still RUNNING belong to a process that was
+    killed (DVC runs one stage at a time per workspace). With the run's resume checkpoint on disk
+    and the same params, the newest of them is continued (its id returned); the others end
+    KILLED, saying why."""
+    stale = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"attributes.status = 'RUNNING' and tags.`{TAG_WORKSPACE}` = '{root}' "
+            f"and tags.{TAG_SCENARIO} = '{scenario}' and tags.{TAG_METHOD} = '{method}'"
+        ),
+        order_by=["attributes.start_time DESC"],
+    )
+    checkpoint = root / layout.run_dir(scenario, method) / layout.RESUME_CHECKPOINT
+    same = bool(stale) and checkpoint.is_file() and stale[0].data.params == dict(params)
+    resumed = stale[0].info.run_id if same else None
+    for run in stale:
+        if run.info.run_id != resumed:
+            client.set_tag(
+                run.info.run_id, TAG_FAILURE, "its process ended without closing it (killed)"
+            )
+            client.set_terminated(run.info.run_id, "KILLED")
+    return resumed
 
 
 def log_report(params: Params, root: Path, files: Iterable[Path]) -> str:
