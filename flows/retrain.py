@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +321,31 @@ def _already_decided(params: Params, root: Path, version: str) -> bool:
 # --- the flow ---------------------------------------------------------------------------------
 
 
+def current_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return flow_run.id
+
+
+def close_killed_flow_run(flow_run_id: str) -> None:
+    """The flow run of a process that was killed holding the workspace stays RUNNING in Prefect
+    forever: mark it Crashed, saying so (its task runs end with it in the UI)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        try:
+            stale = client.read_flow_run(uuid.UUID(flow_run_id))
+        except Exception:  # deleted meanwhile, or from another Prefect server
+            return
+        if stale.state is not None and not stale.state.is_final():
+            message = "its process ended without finishing (killed); closed by the next flow run"
+            client.set_flow_run_state(stale.id, Crashed(message=message), force=True)
+            get_run_logger().warning(
+                "flow run %s was left %s: %s", flow_run_id, stale.state.name, message
+            )
+
+
 @flow(name=FLOW_NAME)
 def retrain(project_dir: str = ".", publish_bundle: bool = True) -> dict[str, Any]:
     """Run the DVC stages, version the data, register, promote and publish (see the module doc)."""
@@ -327,7 +353,11 @@ def retrain(project_dir: str = ".", publish_bundle: bool = True) -> dict[str, An
     started = time.monotonic()
     root = project_root(project_dir)  # the deployment passes $AIDER_EDGE_CHECKOUT
     params = load_params(root / layout.PARAMS_FILE)
-    with workspace_lock(root, timeout_s=params.flow.lock_timeout_s, label=FLOW_NAME):
+    with workspace_lock(
+        root, timeout_s=params.flow.lock_timeout_s, label=FLOW_NAME, flow_run_id=current_run_id()
+    ) as held:
+        if held.killed and held.killed.get("flow_run_id"):
+            close_killed_flow_run(held.killed["flow_run_id"])
         # Before any stage: a store that is down must not cost a training run.
         uri = tracking.resolve_tracking_uri(params.mlflow, root)
         tracking.check_tracking_server(uri)

@@ -4,7 +4,9 @@ Two flow runs on one checkout would interleave ``dvc repro`` calls, git commits 
 (DVC's own lock only covers one ``dvc`` command, not a run of many). :func:`workspace_lock` takes
 an exclusive ``flock`` on ``.dvc/tmp/aider-edge-flow.lock``: the kernel drops it when the holder
 exits, however it exits, so a crashed run never leaves a stale lock behind. The holder writes who
-it is (pid, host, start time, flow run) into the file so the second run can say whom it waits for.
+it is (pid, host, start time, flow run) into the file so the second run can say whom it waits for,
+and empties it on the way out: a record found by the next holder is one of a process that was
+killed (:attr:`Held.killed`), whose flow run the flow then closes.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aider_edge import layout
 from aider_edge.errors import AiderEdgeError
@@ -30,8 +34,17 @@ class WorkspaceBusy(AiderEdgeError):
     """Another flow run holds the workspace."""
 
 
+@dataclass(frozen=True)
+class Held:
+    path: Path
+    killed: dict[str, Any] | None
+    """The record of the previous holder when it was killed (it never emptied the file)."""
+
+
 @contextlib.contextmanager
-def workspace_lock(root: Path, *, timeout_s: float = 0, label: str = "") -> Iterator[Path]:
+def workspace_lock(
+    root: Path, *, timeout_s: float = 0, label: str = "", flow_run_id: str | None = None
+) -> Iterator[Held]:
     """Hold the workspace of ``root`` for the block; wait up to ``timeout_s`` for another holder.
 
     Raises :class:`WorkspaceBusy` (one line naming the holder and the fix) when the lock is still
@@ -50,21 +63,31 @@ def workspace_lock(root: Path, *, timeout_s: float = 0, label: str = "") -> Iter
                 if time.monotonic() >= deadline:
                     raise WorkspaceBusy(_busy_message(path, timeout_s)) from None
                 time.sleep(POLL_S)
+        killed = _record(os.pread(fd, 65536, 0))
         holder = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "label": label,
+            "flow_run_id": flow_run_id,
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         try:
-            yield path
+            yield Held(path, killed)
         finally:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _record(raw: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(raw.decode("utf-8") or "null")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _busy_message(path: Path, timeout_s: float) -> str:

@@ -25,7 +25,7 @@ import mlflow
 import pytest
 import yaml
 
-from aider_edge import dvc_graph
+from aider_edge import dvc_graph, layout
 from aider_edge.errors import AiderEdgeError
 from aider_edge.workspace_lock import WorkspaceBusy, workspace_lock
 from conftest import REPO_ROOT, edit_params, flow_module, make_project, run_command
@@ -219,6 +219,23 @@ def test_second_run_without_changes_does_nothing_quickly(retrain, project, env):
     assert run_command(["git", "rev-list", "--count", "HEAD"], project).stdout == commits
     assert seconds < 60, f"a run with nothing to do took {seconds:.1f} s"
     print(f"no-change run: {seconds:.1f} s")
+
+
+def test_a_killed_flow_runs_record_makes_the_next_run_close_it(retrain, project, env):
+    """``kill -9`` of a flow leaves its run RUNNING in Prefect and its record in the lock file."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    with get_client(sync_client=True) as client:
+        stale = client.create_flow_run(retrain.retrain, state=Running())
+    record = {"pid": 1, "host": "gone", "label": retrain.FLOW_NAME, "flow_run_id": str(stale.id)}
+    (project / layout.FLOW_LOCK).write_text(json.dumps(record) + "\n")
+
+    retrain.retrain(project_dir=str(project))
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(stale.id).state
+    assert state.type.value == "CRASHED" and "killed" in state.message
+    assert (project / layout.FLOW_LOCK).read_text() == ""  # emptied by a clean exit
 
 
 def test_new_data_not_better_by_the_margin_keeps_the_champion(retrain, project, env):
