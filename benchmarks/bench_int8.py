@@ -42,7 +42,7 @@ from aider_edge.edge.runtime import OnnxClassifier
 from aider_edge.export import int8, onnx_export
 from aider_edge.export.checkpoint import model_inputs
 from aider_edge.gates import int8_failures, parity
-from aider_edge.stages.export import calibration_images
+from aider_edge.stages.export import calibration_images, calibration_settings
 from aider_edge.stages.select import read_selected
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,13 +154,7 @@ def study(project: Path) -> dict:
     test = cache.open_split(project / layout.TEST_SPLIT, params.data.classes)
     frames, labels = test.images(), np.asarray(test.labels)
     reference = OnnxClassifier.from_file(project / layout.FP32_MODEL).logits(frames)
-    shipped = int8.CalibrationSettings(
-        method=cfg.calibration.method,
-        num_bins=cfg.calibration.num_bins,
-        num_quantized_bins=cfg.calibration.num_quantized_bins,
-        percentile=cfg.calibration.percentile,
-        activation_type=cfg.int8_activations,
-    )
+    shipped = calibration_settings(cfg)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model.int8.onnx"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,13 @@ SCRATCH_PREFIX = ".source-"  # a generated or extracted source, unpacked for ing
 def scratch_folder(project_root: Path) -> Path:
     """Where a generated or extracted source is unpacked for ingest: beside ``data/raw``."""
     return project_root / layout.RAW_DIR.parent
+
+
+def remove_stale_sources(project_root: Path) -> None:
+    """Generated or extracted sources that a killed ingest left behind (``data/.source-*``)."""
+    for stale in scratch_folder(project_root).glob(f"{SCRATCH_PREFIX}*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from aider_edge import atomic, contract, layout, lineage
-from aider_edge.config import Params
+from aider_edge.config import ExportConfig, Params
 from aider_edge.data.cache import DecodedSplit, workspace_cache
 from aider_edge.export import graph, int8, onnx_export
 from aider_edge.export.checkpoint import load_classifier, model_inputs
@@ -69,13 +69,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     report["fp32"] = {"file": layout.FP32_FILE, "bytes": (root / layout.FP32_MODEL).stat().st_size}
 
     if cfg.int8:
-        settings = int8.CalibrationSettings(
-            method=cfg.calibration.method,
-            num_bins=cfg.calibration.num_bins,
-            num_quantized_bins=cfg.calibration.num_quantized_bins,
-            percentile=cfg.calibration.percentile,
-            activation_type=cfg.int8_activations,
-        )
+        settings = calibration_settings(cfg)
         with atomic.atomic_path(root / layout.INT8_MODEL, suffix=".onnx") as tmp:
             info = int8.quantize(
                 root / layout.FP32_MODEL, tmp, contract.INPUT_NAME, inputs, settings
@@ -94,6 +88,17 @@ def run(params: Params, root: Path) -> dict[str, Any]:
         )  # a stale INT8 model must not be validated
     atomic.write_json(root / layout.EXPORT_REPORT, report)
     return report
+
+
+def calibration_settings(cfg: ExportConfig) -> int8.CalibrationSettings:
+    """The INT8 calibration that ``export`` params ask for."""
+    return int8.CalibrationSettings(
+        method=cfg.calibration.method,
+        num_bins=cfg.calibration.num_bins,
+        num_quantized_bins=cfg.calibration.num_quantized_bins,
+        percentile=cfg.calibration.percentile,
+        activation_type=cfg.int8_activations,
+    )
 
 
 def calibration_images(split: DecodedSplit, count: int, seed: int) -> np.ndarray:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from aider_edge import atomic, layout
 from aider_edge.config import Params
 from aider_edge.data.ingest import IngestReport, ingest_folder
-from aider_edge.data.sources import SCRATCH_PREFIX, class_folder_tree, scratch_folder
+from aider_edge.data.sources import class_folder_tree, remove_stale_sources
 from aider_edge.progress import Progress
 
 
@@ -21,7 +20,7 @@ def run(
     on_ingest: Progress | None = None,
 ) -> IngestReport:
     atomic.remove_stale_temporaries(root / layout.RAW_DIR.parent)
-    _remove_stale_sources(root)
+    remove_stale_sources(root)
     with class_folder_tree(params.data, params.seed, root, on_generate) as tree:
         return ingest_folder(
             tree,
@@ -35,10 +34,3 @@ def run(
 
 def summary(report: IngestReport) -> list[str]:
     return json.dumps(report.as_dict(), indent=2).splitlines()
-
-
-def _remove_stale_sources(root: Path) -> None:
-    """Generated or extracted sources that a killed ingest left behind (``data/.source-*``)."""
-    for stale in scratch_folder(root).glob(f"{SCRATCH_PREFIX}*"):
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
