@@ -9,6 +9,7 @@ import hashlib
 import re
 import stat
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,13 +240,29 @@ def test_bf16_autocast_and_contiguous_layout_train_too(data, tmp_path):
 # GPU work (only the byte-reproducible save applied), so they prove the CPU numbers did not move.
 # CPU kernels differ between instruction sets (AVX-512 vs AVX2 reductions round differently), and
 # between torch releases, so each value is keyed by both.
+# Keyed by CPU kind, not only by torch's capability level: two AVX512 CPUs of different vendors or
+# generations pick different oneDNN kernels and sum in different orders, and the weights differ
+# in their last bits.
 GOLDEN_SHA256 = {
-    ("AVX512", "2.15.0+cu132"): {
+    ("AuthenticAMD 25/17", "AVX512", "2.15.0+cu132"): {
         "adaptive": "5f9acf038fdf5207a6087fe76be8be673a4a40dbc27d93bb876fac33b338266c",
         "ldam_drw": "4f15f116db75d3759fe021b103641f0109c36eddb6dcad610909dc0c9c3ce33f",
     },
+    ("GenuineIntel 6/167", "AVX512", "2.15.0+cu132"): {
+        "adaptive": "2339aec3bc166a115819796804736f67ec88bb00ca58c8f3f18b71af1f0658a0",
+        "ldam_drw": "9f2817805c9e9c21378ba8eabd808823b3604220623928df575d7f302be6a5ad",
+    },
 }
 GOLDEN_METHODS = ("adaptive", "ldam_drw")
+
+
+def cpu_kind() -> str:
+    """``vendor family/model`` of this CPU, e.g. ``GenuineIntel 6/143``."""
+    fields = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    return f"{fields.get('vendor_id')} {fields.get('cpu family')}/{fields.get('model')}"
 
 
 def golden_params(method: str):
@@ -282,10 +299,10 @@ def golden_runs(data, tmp_path_factory) -> dict:
 def test_model_pt_matches_the_recorded_cpu_golden_hash(method, golden_runs):
     out, _ = golden_runs[method]
     digest = hashlib.sha256((out / training.BEST_WEIGHTS).read_bytes()).hexdigest()
-    key = (torch.backends.cpu.get_cpu_capability(), torch.__version__)
+    key = (cpu_kind(), torch.backends.cpu.get_cpu_capability(), torch.__version__)
     if key not in GOLDEN_SHA256:
         pytest.skip(
-            f"no golden model.pt sha256 for CPU capability {key[0]} with torch {key[1]} "
+            f"no golden model.pt sha256 for CPU {key[0]} ({key[1]}) with torch {key[2]} "
             f"(recorded: {sorted(GOLDEN_SHA256)}); to record it, run this test from a commit "
             f"whose CPU training is known to be right and add GOLDEN_SHA256[{key!r}] = "
             f"{{{method!r}: {digest!r}, ...}} (this machine's value) to tests/test_training.py"
