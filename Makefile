@@ -25,7 +25,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run serve test test-fast lint typecheck format bench bench-gpu bench-int8 bench-science clean
+.PHONY: setup run serve test test-fast lint typecheck format bench bench-gpu bench-int8 bench-science check-arm image clean
 
 ## setup: create or update .venv from uv.lock (quick when nothing changed)
 setup: $(STAMP)
@@ -89,6 +89,20 @@ bench-int8: setup
 ## 2 cores; resumable; installs the Debian package dataset-fashion-mnist when missing)
 bench-science: setup
 	$(BIN)/python benchmarks/science/study.py
+
+## check-arm: the bundle and the exported models under emulated drone CPUs (qemu-user, a Debian arm64
+## sysroot and the lock's aarch64 wheels, built once under .cache/arm/) against this host on the test
+## split: logit parity, argmax agreement, G-Mean, kernels; benchmarks/results/arm.{json,md}. Needs
+## `make run` first and root the first time (apt-get, debootstrap); about 5 minutes
+check-arm: setup
+	$(BIN)/python benchmarks/check_arm.py $(ARGS)
+
+## image: build the Dockerfile's runtime image with buildah (chroot isolation, vfs storage, no Docker
+## engine; a local Debian base when python:3.11-slim cannot be pulled), run `predict` in it on
+## dist/bundle (or BUNDLE=dir) and record its size in benchmarks/results/image.{json,md}. Needs root;
+## installs buildah and debootstrap when missing; a few minutes, so not part of `make test`
+image: setup
+	$(BIN)/python tools/image/build.py $(BUNDLE)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache

@@ -135,6 +135,20 @@ TINY_PROJECT = {
     "train": {"epochs": 1, "batch_size": 16, "num_threads": 2},
 }
 
+# A host profile and a scaled, emulated drone profile: fast enough to validate in a test, and
+# enough to exercise the per-profile gates and the aarch64 metadata.
+TINY_PROFILES = [
+    {"name": "host", "threads": 1, "budget_ms": 1000.0},
+    {
+        "name": "raspberry_pi_4",
+        "threads": 4,
+        "budget_ms": 2000.0,
+        "scale": 8.0,
+        "isa": "aarch64",
+        "emulate": "cortex-a72",
+    },
+]
+
 
 def run_command(cmd: list[str], cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
     """Run a project command (``dvc``, ``aider-edge``, ``git``) with this venv first on PATH."""

@@ -126,3 +126,27 @@ VALIDATION = {
         },
     ],
 }
+
+
+COLOURS = {"fire": (220, 30, 20), "flooded_areas": (20, 40, 210), "normal": (30, 200, 40)}
+"""A solid frame per colour and the class the tiny model gives it."""
+
+
+def colour_images(folder: Path) -> list[Path]:
+    return [solid_image(folder / f"{name}.png", rgb) for name, rgb in COLOURS.items()]
+
+
+def quantized_tiny_model(fp32: Path, out: Path, images: list[Path]) -> Path:
+    """The QDQ INT8 model of ``fp32`` as ``export`` makes it, calibrated on ``images``."""
+    # Imported here: the edge tests that use only the helpers above must not need the export extra.
+    from aider_edge.edge.parity import load_frames
+    from aider_edge.edge.preprocess import to_model_input
+    from aider_edge.edge.runtime import OnnxClassifier
+    from aider_edge.export.int8 import CalibrationSettings, quantize
+
+    classifier = OnnxClassifier.from_file(fp32)
+    size = classifier.preprocessing.input_size
+    inputs = to_model_input(load_frames(images, size), classifier.preprocessing)
+    # Eight copies of each: the entropy calibrator needs every batch (8) of the same shape.
+    quantize(fp32, out, "input", np.repeat(inputs, 8, axis=0), CalibrationSettings())
+    return out

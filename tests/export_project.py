@@ -15,7 +15,7 @@ import pytest
 
 from aider_edge.config import Params
 from aider_edge.stages import export, ingest, select, split, train
-from conftest import small_params
+from conftest import TINY_PROFILES, small_params
 
 _BUILT: dict[str, Path] = {}
 
@@ -31,12 +31,7 @@ def project_params(root: Path, **overrides) -> Params:
         },
         "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
         "export": {"calibration": {"images": 32}},
-        "validate": {
-            "profiles": [
-                {"name": "host", "threads": 1, "budget_ms": 1000.0},
-                {"name": "raspberry_pi_4", "threads": 4, "budget_ms": 2000.0, "scale": 8.0},
-            ]
-        },
+        "validate": {"profiles": TINY_PROFILES},
     }
     sections.update(overrides)
     return small_params(**sections)

@@ -231,3 +231,51 @@ def test_train_scenarios_as_a_mapping_means_its_keys():
 def test_an_empty_train_scenarios_says_dvc_would_train_nothing():
     message = error_of({"train": {"scenarios": []}})
     assert "train.scenarios = []" in message and "*scenarios" in message
+
+
+def drone(**keys) -> dict:
+    return {"validate": {"profiles": [{"name": "pi", "threads": 4, "budget_ms": 100.0} | keys]}}
+
+
+def test_every_drone_profile_names_its_instruction_set():
+    message = error_of(drone())
+    assert "profile 'pi'" in message and "`isa: aarch64`" in message and "`isa: x86_64`" in message
+
+
+def test_an_aarch64_profile_names_a_cpu_that_qemu_emulates():
+    message = error_of(drone(isa="aarch64", emulate="cortex-a999"))
+    assert "cortex-a72, cortex-a76" in message and "'cortex-a999'" in message
+    assert "`emulate`" in error_of(drone(isa="aarch64"))
+
+
+def test_emulate_is_refused_on_an_x86_profile():
+    assert "for aarch64 profiles only" in error_of(drone(isa="x86_64", emulate="cortex-a72"))
+
+
+def test_shipped_drone_profiles_are_all_emulated_arm():
+    for path in ("params.yaml", "params.paper.yaml"):
+        profiles = load_params(REPO_ROOT / path).validate_.profiles
+        drones = [p for p in profiles if p.name != "host"]
+        assert drones and all(p.isa == "aarch64" and p.emulate for p in drones), path
+    defaults = parse_params({}, source="defaults").validate_.profiles
+    assert [(p.name, p.emulate) for p in defaults][1:] == [
+        ("raspberry_pi_4", "cortex-a72"),
+        ("raspberry_pi_5", "cortex-a76"),
+        ("jetson_nano_cpu", "cortex-a57"),
+        ("jetson_orin_nano_cpu", "cortex-a76"),
+    ]
+
+
+def test_an_emptied_train_scenarios_names_the_default_to_write(tmp_path):
+    # DVC's matrix reads the key itself and fails on null in its parser, before any project code.
+    text = (REPO_ROOT / "params.yaml").read_text()
+    shipped = "  scenarios: *scenarios"
+    assert shipped in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(shipped, "  scenarios:", 1))
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value) == (
+        f"{path}: train.scenarios is empty, and dvc.yaml's train matrix needs it: write "
+        "`scenarios: *scenarios` (every scenario of split.scenarios) or a list of them"
+    )

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from aider_edge.emulation import CPUS
 from aider_edge.errors import ConfigError
 
 AIDER_CLASSES = ("collapsed_building", "fire", "flooded_areas", "traffic_incident", "normal")
@@ -408,6 +409,31 @@ class LatencyProfileConfig(_Section):
     calibrated: bool = False
     """False while ``scale`` is a guess (results are labelled estimated); true once a device
     report (``aider-edge bench`` on the drone) measured it."""
+    isa: Literal["x86_64", "aarch64"] | None = None
+    """The drone CPU's instruction set: onnxruntime's kernels (and so INT8 results) differ by ISA.
+    Every profile but ``host`` (the machine ``validate`` runs on) names it."""
+    emulate: str | None = None
+    """The qemu CPU model that stands for this CPU in ``make check-arm`` (aarch64 profiles)."""
+
+    @model_validator(mode="after")
+    def _emulated_cpu(self) -> LatencyProfileConfig:
+        if self.isa is None and self.name != "host":
+            raise ValueError(
+                f"profile {self.name!r}: name its CPU's instruction set, "
+                "`isa: aarch64` (with `emulate: <qemu CPU>`) or `isa: x86_64`"
+            )
+        if self.isa == "aarch64" and self.emulate not in CPUS:
+            raise ValueError(
+                f"profile {self.name!r}: an aarch64 profile names its `emulate` CPU, one of "
+                f"{', '.join(sorted(CPUS))} (got {self.emulate!r})"
+            )
+        if self.isa != "aarch64" and self.emulate is not None:
+            raise ValueError(f"profile {self.name!r}: `emulate` is for aarch64 profiles only")
+        return self
+
+
+def _arm(cpu: str) -> dict[str, Any]:
+    return {"isa": "aarch64", "emulate": cpu}
 
 
 def _default_profiles() -> list[LatencyProfileConfig]:
@@ -415,10 +441,19 @@ def _default_profiles() -> list[LatencyProfileConfig]:
     # this x86 host (AVX-512); `aider-edge bench` on the device replaces them.
     return [
         LatencyProfileConfig(name="host", threads=1, budget_ms=50.0, scale=1.0, calibrated=True),
-        LatencyProfileConfig(name="raspberry_pi_4", threads=4, budget_ms=100.0, scale=8.0),
-        LatencyProfileConfig(name="raspberry_pi_5", threads=4, budget_ms=50.0, scale=3.0),
-        LatencyProfileConfig(name="jetson_nano_cpu", threads=4, budget_ms=120.0, scale=10.0),
-        LatencyProfileConfig(name="jetson_orin_nano_cpu", threads=6, budget_ms=40.0, scale=2.5),
+        LatencyProfileConfig(
+            name="raspberry_pi_4", threads=4, budget_ms=100.0, scale=8.0, **_arm("cortex-a72")
+        ),
+        LatencyProfileConfig(
+            name="raspberry_pi_5", threads=4, budget_ms=50.0, scale=3.0, **_arm("cortex-a76")
+        ),
+        LatencyProfileConfig(
+            name="jetson_nano_cpu", threads=4, budget_ms=120.0, scale=10.0, **_arm("cortex-a57")
+        ),
+        # Orin's Cortex-A78AE is ARMv8.2 with dot product like the A76; qemu 7.2 has no A78.
+        LatencyProfileConfig(
+            name="jetson_orin_nano_cpu", threads=6, budget_ms=40.0, scale=2.5, **_arm("cortex-a76")
+        ),
     ]
 
 
@@ -657,6 +692,14 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(
             f"{path}: the file is empty (no sections, only comments or null): restore it "
             f"(git checkout {path}) or write the sections to set"
+        )
+    train = raw.get("train") if isinstance(raw, dict) else None
+    if isinstance(train, dict) and "scenarios" in train and train["scenarios"] is None:
+        # dvc.yaml's train matrix reads this key itself, and DVC has no default for it: left
+        # empty, `dvc repro` stops in DVC's parser with "'Value' object is not iterable".
+        raise ConfigError(
+            f"{path}: train.scenarios is empty, and dvc.yaml's train matrix needs it: write "
+            "`scenarios: *scenarios` (every scenario of split.scenarios) or a list of them"
         )
     return parse_params(raw, source=str(path))
 

@@ -44,6 +44,7 @@ EDGE_MODULES = [
     "aider_edge.edge.runtime",
     "aider_edge.edge.commands",
     "aider_edge.edge.latency",
+    "aider_edge.edge.parity",
 ]
 
 

@@ -28,7 +28,7 @@ import yaml
 from aider_edge import dvc_graph, layout
 from aider_edge.errors import AiderEdgeError
 from aider_edge.workspace_lock import WorkspaceBusy, workspace_lock
-from conftest import REPO_ROOT, edit_params, flow_module, make_project, run_command
+from conftest import REPO_ROOT, TINY_PROFILES, edit_params, flow_module, make_project, run_command
 
 pytestmark = pytest.mark.slow  # a Prefect server and real DVC, git and MLflow stores
 
@@ -36,12 +36,7 @@ MODEL = "aider-edge-classifier"
 FLOW_PARAMS = {
     "train": {"scenarios": ["s1"], "methods": ["baseline"]},
     "export": {"calibration": {"images": 16, "method": "minmax"}},  # the cheapest calibration
-    "validate": {
-        "profiles": [
-            {"name": "host", "threads": 1, "budget_ms": 1000.0},
-            {"name": "raspberry_pi_4", "threads": 4, "budget_ms": 2000.0, "scale": 8.0},
-        ]
-    },
+    "validate": {"profiles": TINY_PROFILES},
     "dvc": {"push": True, "commit_to_git": True},
     "flow": {"retry_delay_s": 0},
 }

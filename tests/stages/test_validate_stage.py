@@ -15,7 +15,7 @@ from aider_edge.errors import AiderEdgeError
 from aider_edge.export.onnx_export import metadata
 from aider_edge.stages import validate
 from aider_edge.stages.validate import ValidationFailed
-from conftest import REPO_ROOT, TINY_PROJECT, edit_params, run_command
+from conftest import REPO_ROOT, TINY_PROFILES, TINY_PROJECT, edit_params, run_command
 from contracts import LATENCY_ENTRY_KEYS, PARITY_KEYS
 from export_project import copy_project, exported_project, project_params
 
@@ -97,12 +97,7 @@ def test_dvc_repro_runs_select_export_validate(dvc_repo: Path):
         {
             "train": TINY_PROJECT["train"] | {"scenarios": ["s1"], "methods": ["baseline"]},
             "export": {"calibration": {"images": 16}},
-            "validate": {
-                "profiles": [
-                    {"name": "host", "threads": 1, "budget_ms": 1000.0},
-                    {"name": "raspberry_pi_4", "threads": 4, "budget_ms": 2000.0, "scale": 8.0},
-                ]
-            },
+            "validate": {"profiles": TINY_PROFILES},
         },
     )
     # No edit of dvc.yaml: narrowing train.scenarios / train.methods in params is all it takes.
