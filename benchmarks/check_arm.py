@@ -40,7 +40,7 @@ from _machine import cpu_name
 from aider_edge import atomic, layout
 from aider_edge.config import load_params
 from aider_edge.edge.parity import kernel_summary
-from aider_edge.emulation import EmulationError, ensure_sysroot
+from aider_edge.emulation import CACHE_ENV, EmulationError, default_cache, ensure_sysroot
 from aider_edge.errors import AiderEdgeError
 from aider_edge.metrics import classification_metrics
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=REPO_ROOT, help="an exported project")
     parser.add_argument("--sample", type=int, default=0, help="test images to use (0 = all)")
-    parser.add_argument("--cache", type=Path, default=REPO_ROOT / ".cache" / "arm")
+    parser.add_argument("--cache", type=Path, default=default_cache(), help=f"(${CACHE_ENV})")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     try:

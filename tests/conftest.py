@@ -21,6 +21,7 @@ from PIL import Image
 
 from aider_edge.config import AIDER_CLASSES, Params, parse_params
 from aider_edge.data.records import ImageRecord
+from aider_edge.emulation import CACHE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +71,17 @@ def umask(mask: int) -> Iterator[None]:
         yield
     finally:
         os.umask(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_arm64_environment(tmp_path_factory) -> Iterator[Path]:
+    """An empty arm64 cache for the whole session, subprocesses included: validate finds no
+    emulator unless a test points $AIDER_EDGE_ARM_CACHE at a built one, so whether the
+    checkout's own `.cache/arm` exists never changes a test's outcome."""
+    empty = tmp_path_factory.mktemp("no-arm64-environment")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(empty))
+        yield empty
 
 
 @pytest.fixture

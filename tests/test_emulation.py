@@ -19,8 +19,10 @@ from aider_edge import emulation
 from aider_edge.bundling import build_bundle
 from aider_edge.edge import parity
 from aider_edge.emulation import COMPLETE, CPUS, EmulationError, ensure_sysroot
-from conftest import REPO_ROOT
+from aider_edge.stages import validate
+from conftest import REPO_ROOT, TINY_PROFILES
 from edge_helpers import VALIDATION, colour_images, quantized_tiny_model, save_model
+from export_project import copy_project, exported_project, project_params
 
 PARTS = {"cortex-a72": "0xd08", "cortex-a76": "0xd0b", "cortex-a57": "0xd07"}
 
@@ -110,3 +112,29 @@ def test_models_and_predict_agree_on_emulated_arm_cpus(tmp_path):
         assert [line["class"] for line in lines] == ["fire", "flooded_areas", "normal"]
         logits = np.asarray([line["logits"] for line in lines])
         np.testing.assert_allclose(logits, host["models"][0]["logits"], rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not can_build_sysroot(), reason="building the arm64 sysroot needs root once (apt, debootstrap)"
+)
+def test_validate_judges_an_aarch64_profile_on_its_emulated_kernels(
+    tmp_path_factory, tmp_path, monkeypatch
+):
+    """validate scores INT8 under qemu on the Pi's Cortex-A72 and deploys it there on that gate
+    (loosened so that the tiny model's INT8 passes it)."""
+    cache = REPO_ROOT / ".cache" / "arm"
+    ensure_sysroot(cache, REPO_ROOT, REPO_ROOT / ".tools/bin/uv")
+    monkeypatch.setenv(emulation.CACHE_ENV, str(cache))
+    root = copy_project(exported_project(tmp_path_factory), tmp_path / "p")
+    loose = {"int8_min_top1_agreement": 0.0, "int8_max_g_mean_drop": 1.0}
+    report = validate.run(project_params(root, validate={"profiles": TINY_PROFILES} | loose), root)
+
+    pi = report["int8"]["profiles"]["raspberry_pi_4"]
+    assert pi["kernels"] == "aarch64/cortex-a72" and pi["passed"] is True and pi["kept"] is True
+    assert 0.0 <= pi["top1_agreement"] <= 1.0 and pi["max_abs_logit_diff"] > 0
+    assert pi["kernel_counts"]["integer"] >= 1  # aarch64's integer kernels ran
+    assert report["deploy"]["profiles"]["raspberry_pi_4"] == {
+        "model": "model.int8.onnx",
+        "precision": "int8",
+    }

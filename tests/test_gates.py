@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aider_edge.config import ValidateConfig
-from aider_edge.gates import int8_decision, latency_gates, parity
+from aider_edge.config import LatencyProfileConfig, ValidateConfig
+from aider_edge.gates import (
+    HOST_KERNELS,
+    deployed_latency,
+    int8_by_profile,
+    int8_decision,
+    kernels_of,
+    latency_gates,
+    parity,
+)
 
 
 def test_parity_counts_agreement_and_tolerance():
@@ -73,10 +81,71 @@ def test_int8_outside_its_gate_is_dropped_naming_the_gate():
 
 def test_estimated_profiles_over_budget_warn_unless_gated():
     entries = [latency("host", 5.0, 1), latency("raspberry_pi_4", 40.0, 1, estimated=True)]
-    failures, warnings = latency_gates(entries, ValidateConfig(), "fp32")
+    entries = [("fp32", e) for e in entries]
+    failures, warnings = latency_gates(
+        entries,
+        ValidateConfig(),
+    )
     assert failures == [] and len(warnings) == 1
     assert "raspberry_pi_4" in warnings[0] and "uncalibrated scale 8" in warnings[0]
-    failures, warnings = latency_gates(entries, ValidateConfig(gate_estimated=True), "fp32")
+    failures, warnings = latency_gates(entries, ValidateConfig(gate_estimated=True))
     assert len(failures) == 1 and warnings == []
-    failures, _ = latency_gates([latency("host", 50.0, 1)], ValidateConfig(), "int8")
+    failures, _ = latency_gates([("int8", latency("host", 50.0, 1))], ValidateConfig())
     assert failures == ["latency host (int8, 1 thread(s)): p90 60.00 ms > budget 10 ms"]
+
+
+PROFILES = [
+    LatencyProfileConfig(name="host", threads=1, budget_ms=10.0),
+    LatencyProfileConfig(name="nuc", threads=4, budget_ms=10.0, isa="x86_64"),
+    LatencyProfileConfig(
+        name="raspberry_pi_4", threads=4, budget_ms=100.0, isa="aarch64", emulate="cortex-a72"
+    ),
+    LatencyProfileConfig(
+        name="raspberry_pi_5", threads=4, budget_ms=100.0, isa="aarch64", emulate="cortex-a76"
+    ),
+]
+
+
+def test_a_profile_is_judged_on_its_own_isa_kernels():
+    assert [kernels_of(p, "x86_64") for p in PROFILES] == [
+        HOST_KERNELS,
+        HOST_KERNELS,
+        "aarch64/cortex-a72",
+        "aarch64/cortex-a76",
+    ]
+    # On an ARM build host the aarch64 profiles use its own kernels and the x86 one is foreign.
+    assert kernels_of(PROFILES[2], "aarch64") == HOST_KERNELS
+    assert kernels_of(PROFILES[1], "aarch64") == "x86_64"
+
+
+def test_int8_goes_only_to_profiles_whose_own_gate_passed():
+    cfg = ValidateConfig(profiles=PROFILES)
+    names = [p.name for p in PROFILES]
+    fp32 = [latency(n, 4.0, 1000) for n in names]
+    int8 = [latency(n, 2.0, 270) for n in names]
+    worse = {"g_mean_torch": 0.80, "g_mean_onnx": 0.70, "top1_agreement": 0.90}
+    checks: dict[str, dict | str] = {
+        HOST_KERNELS: worse | {"max_abs_logit_diff": 2.0},  # e.g. x86 without VNNI (saturates)
+        "aarch64/cortex-a72": "emulation unavailable",
+        "aarch64/cortex-a76": GOOD_INT8 | {"max_abs_logit_diff": 0.1},
+    }
+    decisions = int8_by_profile(checks, fp32, int8, cfg, "x86_64")
+    assert {n: d["kept"] for n, d in decisions.items()} == {
+        "host": False,
+        "nuc": False,
+        "raspberry_pi_4": False,
+        "raspberry_pi_5": True,
+    }
+    assert decisions["raspberry_pi_4"]["passed"] is None
+    assert decisions["raspberry_pi_4"]["decision"] == "not deployed: emulation unavailable"
+    assert decisions["raspberry_pi_5"]["kernels"] == "aarch64/cortex-a76"
+    assert decisions["nuc"]["decision"].startswith("dropped: int8 parity")
+
+    deployed = deployed_latency(fp32, int8, {n: d["kept"] for n, d in decisions.items()})
+    assert [(precision, e["profile"]) for precision, e in deployed] == [
+        ("fp32", "host"),
+        ("fp32", "nuc"),
+        ("fp32", "raspberry_pi_4"),
+        ("int8", "raspberry_pi_5"),
+    ]
+    assert deployed[3][1] is int8[3]

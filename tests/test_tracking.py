@@ -433,3 +433,43 @@ def test_cli_turns_mlflow_telemetry_off_unless_the_user_chose(monkeypatch, tmp_p
     assert cli.main(["select", "--params", missing]) == cli.EXIT_USER_ERROR
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "false"
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_a_dataset_insert_lost_to_a_concurrent_run_is_logged_again(store, project, monkeypatch):
+    """Two runs of one scenario starting together both insert its training split; the tracking
+    store has no lock there and the loser gets an integrity error (seen with fan-out workers on
+    one MLflow server). The row exists by then: logging again links the run to it."""
+    from mlflow.exceptions import MlflowException
+
+    real, calls = mlflow.log_input, []
+
+    def lose_the_first_race(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                "datasets.name, datasets.digest"
+            )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", lose_the_first_race)
+    csv = project / "data" / "splits" / "train_s1.csv"
+    with tracking.tracked_run(_params(store), project, "s1", "baseline", csv) as run:
+        pass
+    inputs = MlflowClient(store).get_run(run.run_id).inputs.dataset_inputs
+    assert len(calls) == 2 and [i.dataset.name for i in inputs] == ["train_s1"]
+
+
+def test_other_dataset_errors_are_not_retried(store, project, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    def refuse(*args, **kwargs):
+        raise MlflowException("INVALID_PARAMETER_VALUE: dataset too large")
+
+    monkeypatch.setattr(mlflow, "log_input", refuse)
+    csv = project / "data" / "splits" / "train_s1.csv"
+    with (
+        pytest.raises(MlflowException, match="too large"),
+        tracking.tracked_run(_params(store), project, "s1", "baseline", csv),
+    ):
+        pass

@@ -49,32 +49,25 @@ def build_bundle(
     *,
     validation: dict | None = None,
     registry: dict | None = None,
+    profile_models: dict[str, Path] | None = None,
+    profiles: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Write the bundle for ``model_path`` to ``out_dir`` (replaced atomically); return ``out_dir``.
 
     ``registry`` ({model_name, version, alias, run_id}) stamps the model version into the model's
     metadata and the manifest; without it the version stays what export wrote (``unregistered``).
+    ``profile_models`` ({bundle file name: model}) adds the models that only some drone profiles
+    run, and ``profiles`` ({profile: {model, precision, ...}}) says which file each one runs.
     """
-    import onnx
-
     model_path, out_dir = Path(model_path), Path(out_dir)
-    if not model_path.is_file():
-        raise BundleError(f"{model_path}: no such model; {EXPORT_HINT}")
-    try:
-        proto = onnx.load_model(str(model_path))
-    except Exception as exc:  # protobuf DecodeError and friends: the file is not an ONNX model
-        raise BundleError(
-            f"{model_path} is not a readable ONNX model ({type(exc).__name__}); {EXPORT_HINT}"
-        ) from None
-    meta = decode_metadata({p.key: p.value for p in proto.metadata_props})
-    missing = missing_metadata(meta)
-    if missing:
-        raise BundleError(f"{model_path} lacks metadata {', '.join(missing)}; {EXPORT_HINT}")
-    try:
-        classes = classes_from_metadata(meta)
-        preprocessing = preprocessing_from_metadata(meta)
-    except ContractError as exc:
-        raise BundleError(f"{model_path}: {exc}; {EXPORT_HINT}") from None
+    proto, meta, classes, preprocessing = _read_model(model_path)
+    extras = {name: _read_model(Path(path)) for name, path in (profile_models or {}).items()}
+    for name, (_, _, extra_classes, extra_pre) in extras.items():
+        if extra_classes != classes or extra_pre != preprocessing:
+            raise BundleError(
+                f"{profile_models and profile_models[name]}: its classes or preprocessing differ "
+                f"from {model_path.name}'s; {EXPORT_HINT}"
+            )
     registry = _registry(registry)
     version = str(registry["version"]) if registry else meta.get("model_version", UNREGISTERED)
     manifest: dict[str, Any] = {
@@ -93,19 +86,17 @@ def build_bundle(
         },
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if profiles:
+        manifest["profiles"] = profiles
     with atomic.atomic_dir(out_dir) as tmp:
-        target = tmp / MODEL_FILE
-        if meta.get("model_version") == version:
-            # Nothing to stamp: ship the exact bytes that validate measured.
-            shutil.copyfile(model_path, target)
-        else:
-            props = {p.key: p for p in proto.metadata_props}
-            entry = props.get(META_PREFIX + "model_version") or proto.metadata_props.add(
-                key=META_PREFIX + "model_version"
-            )
-            entry.value = version
-            onnx.save_model(proto, str(target))
-        manifest["files"] = {MODEL_FILE: sha256_file(target)}
+        models = {MODEL_FILE: (model_path, proto, meta)}
+        models |= {
+            name: (Path(path), extras[name][0], extras[name][1])
+            for name, path in (profile_models or {}).items()
+        }
+        for name, (source, model_proto, model_meta) in models.items():
+            _write_model(source, model_proto, model_meta, tmp / name, version)
+            manifest["files"][name] = sha256_file(tmp / name)
         atomic.write_json(tmp / MANIFEST_FILE, manifest)
         # The temporaries are private (0700/0600), but the bundle is copied to drones and into
         # images where another user (the image's uid 10001) reads it: make it world-readable.
@@ -114,6 +105,45 @@ def build_bundle(
             path.chmod(0o644)
         _self_check(tmp, model_path)
     return out_dir
+
+
+def _read_model(model_path: Path) -> tuple[Any, dict[str, str], list[str], Any]:
+    """(proto, metadata, classes, preprocessing) of an exported model, or one-line BundleError."""
+    import onnx
+
+    if not model_path.is_file():
+        raise BundleError(f"{model_path}: no such model; {EXPORT_HINT}")
+    try:
+        proto = onnx.load_model(str(model_path))
+    except Exception as exc:  # protobuf DecodeError and friends: the file is not an ONNX model
+        raise BundleError(
+            f"{model_path} is not a readable ONNX model ({type(exc).__name__}); {EXPORT_HINT}"
+        ) from None
+    meta = decode_metadata({p.key: p.value for p in proto.metadata_props})
+    missing = missing_metadata(meta)
+    if missing:
+        raise BundleError(f"{model_path} lacks metadata {', '.join(missing)}; {EXPORT_HINT}")
+    try:
+        return proto, meta, classes_from_metadata(meta), preprocessing_from_metadata(meta)
+    except ContractError as exc:
+        raise BundleError(f"{model_path}: {exc}; {EXPORT_HINT}") from None
+
+
+def _write_model(
+    source: Path, proto: Any, meta: dict[str, str], target: Path, version: str
+) -> None:
+    import onnx
+
+    if meta.get("model_version") == version:
+        # Nothing to stamp: ship the exact bytes that validate measured.
+        shutil.copyfile(source, target)
+        return
+    props = {p.key: p for p in proto.metadata_props}
+    entry = props.get(META_PREFIX + "model_version") or proto.metadata_props.add(
+        key=META_PREFIX + "model_version"
+    )
+    entry.value = version
+    onnx.save_model(proto, str(target))
 
 
 def build_from_export(
@@ -149,7 +179,34 @@ def build_from_export(
             "pass --allow-unvalidated for a trial bundle"
         )
     name = _choose_model(export_dir, model, validation)
-    return build_bundle(export_dir / name, out_dir, validation=validation, registry=registry)
+    extra: dict[str, Path] = {}
+    profiles = profile_models(validation) if model == "auto" else {}
+    for entry in profiles.values():
+        if entry["model"] != name:
+            extra[entry["model"]] = export_dir / entry["model"]
+        entry["model"] = MODEL_FILE if entry["model"] == name else entry["model"]
+    return build_bundle(
+        export_dir / name,
+        out_dir,
+        validation=validation,
+        registry=registry,
+        profile_models=extra,
+        profiles=profiles,
+    )
+
+
+def profile_models(validation: dict | None) -> dict[str, dict[str, Any]]:
+    """{profile: {model (export file name), precision, isa}} of the report's ``deploy.profiles``
+    (empty for reports from before per-profile deployment)."""
+    validation = validation or {}
+    deployed = (validation.get("deploy") or {}).get("profiles") or {}
+    judged = (validation.get("int8") or {}).get("profiles") or {}
+    out = {}
+    for name, entry in deployed.items():
+        if isinstance(entry, dict) and entry.get("model") in (FP32_FILE, INT8_FILE):
+            isa = (judged.get(name) or {}).get("isa")
+            out[name] = {"model": entry["model"], "precision": entry.get("precision"), "isa": isa}
+    return out
 
 
 def deployed_model_name(validation: dict | None) -> str:
@@ -209,7 +266,11 @@ def _self_check(folder: Path, model_path: Path) -> None:
     from aider_edge.edge.runtime import EdgeModel
 
     try:
-        EdgeModel(load_bundle(folder), threads=1)
+        bundle = load_bundle(folder)
+        # One profile per distinct file: each model the drones may run is opened once.
+        chosen = {bundle.model_file(name): name for name in bundle.profiles}
+        for profile in [None, *(p for f, p in chosen.items() if f != MODEL_FILE)]:
+            EdgeModel(bundle, threads=1, profile=profile)
     except BundleError as exc:
         # The message names the temporary folder; the model is what the user can fix.
         reason = str(exc).split(": ", 1)[-1].split("; ")[0]

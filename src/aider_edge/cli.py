@@ -180,6 +180,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_pixels=args.max_pixels,
         logits=args.logits,
+        profile=args.profile,
     )
 
 
@@ -336,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--logits", action="store_true", help="add the raw logits to each line (parity checks)"
+    )
+    predict.add_argument(
+        "--profile",
+        help="run this drone profile's model (the bundle's manifest: INT8 where it passed there)",
     )
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     predict.set_defaults(func=cmd_predict)

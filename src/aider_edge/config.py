@@ -473,6 +473,11 @@ class ValidateConfig(_Section):
     latency_warmup: Annotated[int, Field(ge=1)] = 20
     gate_estimated: bool = False
     """Fail the stage on an estimated (uncalibrated-scale) profile over budget; off = report it."""
+    emulate_int8: bool = True
+    """Evaluate the INT8 gate of aarch64 profiles with aarch64 kernels, on their ``emulate`` CPU
+    under qemu, in the arm64 environment that ``make check-arm`` builds
+    (:mod:`aider_edge.emulation`). Off, or without that environment, INT8 is not deployed to
+    those profiles."""
     profiles: list[LatencyProfileConfig] = Field(default_factory=_default_profiles, min_length=1)
 
     @field_validator("profiles")

@@ -44,6 +44,11 @@ WHEEL_PLATFORM = "aarch64-manylinux_2_28"
 DEBIAN_PACKAGES = {"qemu-aarch64-static": "qemu-user-static", "debootstrap": "debootstrap"}
 COMPLETE = ".aider-edge-complete"
 """Written last in a finished folder: a folder without it is a killed build, rebuilt."""
+CHECKOUT = Path(__file__).resolve().parents[2]
+"""The checkout this package runs from (an editable install): its ``uv.lock``, ``.tools/bin/uv``
+and ``src/`` build and feed the arm64 environment."""
+CACHE_ENV = "AIDER_EDGE_ARM_CACHE"
+"""Overrides where the arm64 environment is cached (default ``.cache/arm`` in the checkout)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,34 @@ def cpuinfo(cpu: ArmCpu, cores: int) -> str:
     return "".join(f"processor\t: {i}\n{core}" for i in range(cores))
 
 
+def default_cache() -> Path:
+    """``$AIDER_EDGE_ARM_CACHE``, else ``.cache/arm`` in the checkout (git-ignored)."""
+    return Path(os.environ.get(CACHE_ENV) or CHECKOUT / ".cache" / "arm")
+
+
+def built_sysroot(cache: Path | None = None, project_root: Path = CHECKOUT) -> Sysroot:
+    """The arm64 environment as already built (by ``make check-arm``); never builds or installs.
+
+    A pipeline stage uses this: installing system packages is not a stage's business."""
+    cache = Path(cache or default_cache())
+    hint = "run `make check-arm` once (as root) to build it"
+    if shutil.which("qemu-aarch64-static") is None:
+        raise EmulationError(f"qemu-aarch64-static is not installed; {hint}")
+    if not (cache / "rootfs" / COMPLETE).exists():
+        raise EmulationError(f"no arm64 environment in {cache}; {hint}")
+    site = cache / f"site-{_lock_digest(project_root)}"
+    if not (site / COMPLETE).exists():
+        raise EmulationError(f"{cache} holds no aarch64 wheels for this uv.lock; {hint}")
+    return Sysroot(cache=cache, site=site, project_src=project_root / "src")
+
+
+def _lock_digest(project_root: Path) -> str:
+    lock = project_root / "uv.lock"
+    if not lock.is_file():
+        raise EmulationError(f"{lock}: no such file; run from the project checkout")
+    return hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
+
+
 def ensure_sysroot(cache: Path, project_root: Path, uv: Path) -> Sysroot:
     """Build what is missing of the arm64 environment under ``cache``; quick when all is there.
 
@@ -164,11 +197,7 @@ def ensure_sysroot(cache: Path, project_root: Path, uv: Path) -> Sysroot:
     cache.mkdir(parents=True, exist_ok=True)
     _install_tools()
     _ensure_rootfs(cache / "rootfs")
-    lock = project_root / "uv.lock"
-    if not lock.is_file():
-        raise EmulationError(f"{lock}: no such file; run from the project checkout")
-    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
-    site = cache / f"site-{digest}"
+    site = cache / f"site-{_lock_digest(project_root)}"
     if not (site / COMPLETE).exists():
         _install_wheels(site, project_root, uv)
     for old in cache.glob("site-*"):

@@ -8,6 +8,9 @@ Decisions:
     * INT8 is kept only when it is within its accuracy gate *and* faster (host p50 speed-up >=
       ``int8_min_speedup``) or much smaller (file at most ``int8_max_size_ratio`` of fp32). An
       INT8 model that fails is dropped, not fatal: fp32 ships.
+    * Per profile: the accuracy gate is evaluated with the kernels of the profile's CPU (this
+      host's for its own ISA, an emulated CPU's for aarch64), and INT8 is deployed to a profile
+      only where its own gate passed; a profile whose gate could not be evaluated gets fp32.
     * The deployed model over budget fails on a profile that is not an estimate (the ``host``
       profile, calibrated device profiles), or on any profile when ``gate_estimated`` is set.
       Estimated profiles over budget are warnings.
@@ -19,9 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from aider_edge.config import ValidateConfig
+from aider_edge.config import LatencyProfileConfig, ValidateConfig
 from aider_edge.edge.latency import LatencyProfile
 from aider_edge.metrics import classification_metrics
+
+HOST_KERNELS = "host"
 
 
 def parity(
@@ -89,10 +94,10 @@ def profiles(cfg: ValidateConfig) -> list[LatencyProfile]:
     ]
 
 
-def latency_gates(entries: list[dict], cfg: ValidateConfig, label: str) -> tuple[list, list]:
-    """(failures, warnings) of the deployed model's latency entries."""
+def latency_gates(entries: list[tuple[str, dict]], cfg: ValidateConfig) -> tuple[list, list]:
+    """(failures, warnings) of each profile's deployed model: (precision, latency entry) pairs."""
     failures, warnings = [], []
-    for e in entries:
+    for label, e in entries:
         if e["passed"]:
             continue
         text = (
@@ -122,8 +127,7 @@ def int8_decision(
         "size_ratio": size_ratio,
     }
     failures = int8_failures(block, cfg)
-    faster = speedup >= cfg.int8_min_speedup
-    smaller = size_ratio <= cfg.int8_max_size_ratio
+    faster, smaller = int8_gains(figures, cfg)
     how = (
         f"{speedup:.2f}x the fp32 speed on {fp32_ref['profile']} (needs {cfg.int8_min_speedup:g}x) "
         f"and {size_ratio:.2f}x its size (needs <= {cfg.int8_max_size_ratio:g}x)"
@@ -134,6 +138,65 @@ def int8_decision(
         return False, f"dropped: neither faster nor much smaller: {how}", figures
     why = " and ".join(w for w, ok in (("faster", faster), ("much smaller", smaller)) if ok)
     return True, f"kept: {why} ({how}), within its accuracy gate", figures
+
+
+def int8_gains(figures: dict, cfg: ValidateConfig) -> tuple[bool, bool]:
+    """(faster, much smaller): what INT8 buys over fp32, measured on this host for every CPU."""
+    return (
+        figures["speedup"] >= cfg.int8_min_speedup,
+        figures["size_ratio"] <= cfg.int8_max_size_ratio,
+    )
+
+
+def kernels_of(profile: LatencyProfileConfig, host_isa: str) -> str:
+    """Whose onnxruntime kernels stand for a profile's CPU: ``host`` (this machine's, for its own
+    ISA) or ``<isa>/<emulated CPU>``."""
+    if profile.isa in (None, host_isa):
+        return HOST_KERNELS
+    return f"{profile.isa}/{profile.emulate}" if profile.emulate else str(profile.isa)
+
+
+def int8_by_profile(
+    checks: dict[str, dict | str],
+    fp32_latency: list[dict],
+    int8_latency: list[dict],
+    cfg: ValidateConfig,
+    host_isa: str,
+) -> dict[str, dict]:
+    """The INT8 decision of every profile on its own kernels.
+
+    ``checks`` maps each :func:`kernels_of` key to the INT8 parity block scored with those
+    kernels, or to the reason it could not be scored (INT8 is then not deployed there)."""
+    decisions = {}
+    for profile in cfg.profiles:
+        key = kernels_of(profile, host_isa)
+        check = checks[key]
+        entry: dict = {"isa": profile.isa or host_isa, "kernels": key}
+        if isinstance(check, str):
+            entry |= {"passed": None, "kept": False, "decision": f"not deployed: {check}"}
+        else:
+            kept, reason, _ = int8_decision(check, fp32_latency, int8_latency, cfg)
+            entry |= {
+                "passed": not int8_failures(check, cfg),
+                "kept": kept,
+                "decision": reason,
+                **{k: check[k] for k in ("top1_agreement", "max_abs_logit_diff", "g_mean_onnx")},
+            }
+            if "kernel_counts" in check:  # integer vs float convolutions that ran there
+                entry["kernel_counts"] = check["kernel_counts"]
+        decisions[profile.name] = entry
+    return decisions
+
+
+def deployed_latency(
+    fp32_latency: list[dict], int8_latency: list[dict] | None, kept: dict[str, bool]
+) -> list[tuple[str, dict]]:
+    """(precision, latency entry) of the model each profile gets."""
+    int8 = {e["profile"]: e for e in int8_latency or []}
+    return [
+        ("int8", int8[e["profile"]]) if kept.get(e["profile"]) else ("fp32", e)
+        for e in fp32_latency
+    ]
 
 
 def _reference(entries: list[dict]) -> dict:

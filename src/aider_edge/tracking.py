@@ -202,6 +202,29 @@ def _local_store_path(uri: str) -> Path | None:
     return None
 
 
+_DUPLICATE_ROW = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
+"""How sqlite, PostgreSQL and MySQL word a lost insert race (the MLflow server passes it on)."""
+
+
+def _log_input_once_created(dataset: Any, attempts: int = 3) -> None:
+    """``mlflow.log_input`` that survives a concurrent run logging the same dataset.
+
+    The tracking store gets-or-creates a dataset row by (experiment, name, digest) without a lock:
+    two runs of one scenario starting together (fan-out workers) both try to insert it, and the
+    loser gets an integrity error. The row then exists, so logging again links to it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context="training")
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not any(m in str(exc) for m in _DUPLICATE_ROW):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def redact_uri(uri: str) -> str:
     """``uri`` without a ``user:password@`` part (for messages and files)."""
     parts = urlsplit(uri)
@@ -411,7 +434,6 @@ class RunTracker:
 
     def log_dataset(self, csv_path: Path, name: str) -> None:
         """The split CSV as an MLflow dataset input (context ``training``, targets ``label``)."""
-        import mlflow
         import pandas as pd
 
         # From its defining module: mlflow.data attaches the same function at import time,
@@ -431,7 +453,7 @@ class RunTracker:
             name=name,
             targets="label",
         )
-        mlflow.log_input(dataset, context="training")
+        _log_input_once_created(dataset)
 
     def write_run_json(self, out_dir: Path) -> Path:
         """``out_dir/run.json``: ``run_id``, ``experiment_id``, ``tracking_uri`` (credentials

@@ -74,3 +74,17 @@ def test_the_frame_digest_changes_only_with_the_pixels(models, images, tmp_path)
 def test_kernel_summary_sorts_operators_into_integer_and_float_convolutions():
     kernels = {"QLinearConv": 5, "Conv": 2, "FusedConv": 1, "QGemm": 1, "Add": 3}
     assert parity.kernel_summary(kernels) == {"integer": 6, "float_conv": 3, "total": 12}
+
+
+def test_decoded_frames_score_as_their_files_do(models, images, tmp_path):
+    """``--frames`` (what validate hands the emulated CPU: its cached pixels) gives the logits,
+    digest and kernels that decoding the same files gives."""
+    from_files = run_parity(models, images, tmp_path / "files")
+    frames = tmp_path / "frames.npy"
+    np.save(frames, parity.load_frames(images, 32))
+    out = tmp_path / "out.json"
+    assert parity.main([*map(str, models), "--frames", str(frames), "--out", str(out)]) == 0
+    from_frames = json.loads(out.read_text())
+    assert from_frames["images"] == 3
+    for mine, theirs in zip(from_frames["models"], from_files["models"], strict=True):
+        assert mine == theirs

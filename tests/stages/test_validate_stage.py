@@ -47,9 +47,62 @@ def test_validate_passes_and_writes_the_contract(exported, tmp_path):
         block
     )
     assert [e["profile"] for e in block["latency"]] == ["host", "raspberry_pi_4"]
-    assert block["decision"].startswith("kept: " if block["kept"] else "dropped: ")
-    assert report["deploy"]["model"] == ("model.int8.onnx" if block["kept"] else "model.onnx")
+    assert block["decision"].startswith(("kept: ", "dropped: "))
+    # No arm64 environment in this session: the Pi's INT8 gate cannot run on its kernels.
+    pi = block["profiles"]["raspberry_pi_4"]
+    assert pi["kernels"] == "aarch64/cortex-a72" and pi["passed"] is None and not pi["kept"]
+    assert pi["decision"].startswith("not deployed: no aarch64 kernels")
+    assert "make check-arm" in pi["decision"]
+    host = block["profiles"]["host"]
+    assert host["kernels"] == "host" and host["decision"] == block["decision"]
+    assert report["deploy"]["model"] == "model.onnx"  # fp32 unless INT8 passed everywhere
+    assert report["deploy"]["profiles"] == {
+        "host": {
+            "model": "model.int8.onnx" if host["kept"] else "model.onnx",
+            "precision": "int8" if host["kept"] else "fp32",
+        },
+        "raspberry_pi_4": {"model": "model.onnx", "precision": "fp32"},
+    }
     assert report["selected"]["scenario"] == "s1"
+
+
+def test_int8_goes_where_its_own_gate_passed_and_the_bundle_carries_both(exported, tmp_path):
+    """Gates loose enough for the tiny model's INT8 on the host; no aarch64 kernels for the Pi:
+    the host profile runs INT8, the Pi fp32, and one bundle carries both with a map."""
+    from aider_edge.bundling import build_from_export
+    from aider_edge.edge.bundle import load_bundle
+    from aider_edge.edge.runtime import EdgeModel
+
+    root = copy_project(exported, tmp_path / "p")
+    loose = {"int8_min_top1_agreement": 0.0, "int8_max_g_mean_drop": 1.0}
+    report = validate.run(project_params(root, validate={"profiles": TINY_PROFILES} | loose), root)
+    assert report["deploy"]["profiles"]["host"]["precision"] == "int8"
+    assert report["deploy"]["profiles"]["raspberry_pi_4"]["precision"] == "fp32"
+    assert report["deploy"]["model"] == "model.onnx"
+
+    bundle_dir = build_from_export(
+        root / "export", tmp_path / "bundle", validation_path=root / "validation/validation.json"
+    )
+    bundle = load_bundle(bundle_dir)
+    assert sorted(bundle.manifest["files"]) == ["model.int8.onnx", "model.onnx"]
+    assert bundle.profiles["host"] == {
+        "model": "model.int8.onnx",
+        "precision": "int8",
+        "isa": "x86_64",
+    }
+    assert bundle.profiles["raspberry_pi_4"] == {
+        "model": "model.onnx",
+        "precision": "fp32",
+        "isa": "aarch64",
+    }
+    assert metadata(onnx.load(str(bundle_dir / "model.int8.onnx")))["precision"] == "int8"
+    assert EdgeModel(bundle, 1, "host").file == "model.int8.onnx"
+    assert EdgeModel(bundle, 1, "raspberry_pi_4").file == "model.onnx"
+    assert EdgeModel(bundle, 1).file == "model.onnx"
+    with pytest.raises(
+        AiderEdgeError, match=r"profile 'rpi4' is not in bundle .*known: host, raspberry_pi_4"
+    ):
+        EdgeModel(bundle, 1, "rpi4")
 
 
 def test_a_failed_gate_writes_the_report_then_fails_naming_gate_and_figures(

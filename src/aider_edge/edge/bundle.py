@@ -2,6 +2,9 @@
 
 A bundle is a folder holding ``model.onnx`` and ``manifest.json``. The manifest lists every file
 with its sha256, the class names, the preprocessing and the model version (see ``docs/architecture.md``).
+Where ``validate`` deployed INT8 to some drone profiles only, the bundle also holds
+``model.int8.onnx`` and the manifest's ``profiles`` says which file each profile runs
+(``--profile NAME``); ``model.onnx`` is what runs when no profile is named.
 :func:`load_bundle` refuses, with one line that says what is wrong and how to fix it, a folder
 without a manifest, a manifest that does not parse or misses a key, a listed file that is missing
 (an interrupted copy) or whose checksum differs (a corrupted or altered file). Files that the
@@ -40,6 +43,9 @@ class Bundle:
     preprocessing: Preprocessing
     model_version: str
 
+    profiles: dict[str, dict[str, str]]
+    """Per drone profile, the file it runs and its precision (may be empty: ``model.onnx``)."""
+
     @property
     def model_path(self) -> Path:
         return self.root / MODEL_FILE
@@ -47,6 +53,18 @@ class Bundle:
     @property
     def model_sha256(self) -> str:
         return self.manifest["files"][MODEL_FILE]
+
+    def model_file(self, profile: str | None = None) -> str:
+        """The file a profile runs: its own where the manifest names one, else ``model.onnx``
+        (no profile named, or a bundle from before per-profile models)."""
+        if profile is None or not self.profiles:
+            return MODEL_FILE
+        if profile not in self.profiles:
+            raise BundleError(
+                f"profile {profile!r} is not in bundle {self.root} "
+                f"(known: {', '.join(sorted(self.profiles))}); pick one of those"
+            )
+        return self.profiles[profile]["model"]
 
 
 def load_bundle(root: str | Path) -> Bundle:
@@ -79,6 +97,7 @@ def load_bundle(root: str | Path) -> Bundle:
         classes=_classes(manifest, manifest_path),
         preprocessing=_preprocessing(manifest, manifest_path),
         model_version=_string(manifest, "model_version", manifest_path),
+        profiles=_profiles(manifest, files, manifest_path),
     )
 
 
@@ -121,6 +140,18 @@ def _files(manifest: dict[str, Any], where: Path) -> dict[str, str]:
                 f"{where}: sha256 of {name} is not 64 lowercase hex digits; {REBUILD_HINT}"
             )
     return dict(files)
+
+
+def _profiles(manifest: dict[str, Any], files: dict[str, str], where: Path) -> dict:
+    profiles = manifest.get("profiles") or {}
+    if not isinstance(profiles, dict) or not all(
+        isinstance(name, str) and isinstance(entry, dict) and entry.get("model") in files
+        for name, entry in profiles.items()
+    ):
+        raise BundleError(
+            f"{where}: 'profiles' must map profile names to a listed model file; {REBUILD_HINT}"
+        )
+    return {name: dict(entry) for name, entry in profiles.items()}
 
 
 def _classes(manifest: dict[str, Any], where: Path) -> tuple[str, ...]:

@@ -40,15 +40,17 @@ def predict_command(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     logits: bool = False,
     out: TextIO | None = None,
+    profile: str | None = None,
 ) -> int:
     """Classify every image named in ``inputs`` (files, or folders searched recursively).
 
-    ``logits`` adds the model's raw output to each line (for parity checks across machines).
+    ``logits`` adds the model's raw output to each line (for parity checks across machines);
+    ``profile`` runs that drone profile's model (INT8 where validate deployed it there).
 
     Returns :data:`EXIT_OK` when every image was classified, :data:`EXIT_SOME_FAILED` otherwise.
     """
     out = out or sys.stdout
-    model = EdgeModel.from_dir(bundle_dir, threads)
+    model = EdgeModel.from_dir(bundle_dir, threads, profile)
     size = model.input_size
     failed = 0
     for path, problem in iter_images(inputs):
@@ -146,19 +148,21 @@ def bench_command(
 
     bundle = load_bundle(bundle_dir)
     name, prof_threads, prof_budget = _profile(bundle, profile, threads, budget_ms)
+    model_file = bundle.model_file(profile)
     try:
         result = measure_latency(
-            bundle.model_path,
+            bundle.root / model_file,
             LatencyProfile(name=name, threads=prof_threads, budget_ms=prof_budget),
             runs=runs,
             warmup=warmup,
             on_device=True,
         )
     except LatencyError as exc:
-        raise AiderEdgeError(f"cannot time {bundle.model_path}: {exc}") from None
+        raise AiderEdgeError(f"cannot time {bundle.root / model_file}: {exc}") from None
     report = {
         "model_version": bundle.model_version,
-        "model_sha256": bundle.model_sha256,
+        "model_file": model_file,
+        "model_sha256": bundle.manifest["files"][model_file],
         "registry": bundle.manifest.get("registry"),
         "device": _device(),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),

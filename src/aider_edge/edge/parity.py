@@ -2,8 +2,10 @@
 
 ``python -m aider_edge.edge.parity --images list.txt --out result.json model.onnx [...]`` runs
 natively on the build host and, unchanged, under ``qemu-aarch64`` in an arm64 sysroot
-(``make check-arm``); the two JSON results are then compared value for value. It imports only the
-runtime's dependencies (numpy, Pillow, onnxruntime), as on the drone.
+(``make check-arm``, and ``validate``'s INT8 gate for aarch64 profiles); the JSON results are then
+compared value for value. ``--frames frames.npy`` scores already decoded frames instead (what
+``validate`` holds in its pixel cache). It imports only the runtime's dependencies (numpy, Pillow,
+onnxruntime), as on the drone.
 
 Frames are decoded with the drone's own :func:`~aider_edge.edge.preprocess.load_frame` and scored
 through :class:`~aider_edge.edge.runtime.OnnxClassifier`, the one scoring path of ``validate``,
@@ -48,8 +50,11 @@ def frame_digest(frames: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
 
 
-def score_model(model_path: Path, images: list[Path], threads: int = 1) -> dict[str, Any]:
-    """Logits for every image, the kernels that ran, and the decoded frames' digest."""
+def score_model(
+    model_path: Path, images: list[Path] | np.ndarray, threads: int = 1
+) -> dict[str, Any]:
+    """Logits for every image (paths, or decoded uint8 frames), the kernels that ran, and the
+    decoded frames' digest."""
     with tempfile.TemporaryDirectory(prefix="aider-edge-parity-") as tmp:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -59,7 +64,11 @@ def score_model(model_path: Path, images: list[Path], threads: int = 1) -> dict[
         options.profile_file_prefix = str(Path(tmp) / "profile")
         session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         classifier = OnnxClassifier(session)
-        frames = load_frames(images, classifier.preprocessing.input_size)
+        frames = (
+            images
+            if isinstance(images, np.ndarray)
+            else load_frames(images, classifier.preprocessing.input_size)
+        )
         logits = classifier.logits(frames)
         kernels = kernel_counts(Path(session.end_profiling()))
     return {
@@ -107,13 +116,17 @@ def machine() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", type=Path, nargs="+", help="ONNX models to score")
-    parser.add_argument(
-        "--images", type=Path, required=True, help="a file of image paths, one per line"
-    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, help="a file of image paths, one per line")
+    source.add_argument("--frames", type=Path, help="decoded uint8 frames (N, H, W, 3) as .npy")
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON result")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    images = [Path(line) for line in args.images.read_text().splitlines() if line.strip()]
+    images: list[Path] | np.ndarray
+    if args.frames:
+        images = np.load(args.frames, allow_pickle=False)
+    else:
+        images = [Path(line) for line in args.images.read_text().splitlines() if line.strip()]
     result = {
         "machine": machine(),
         "images": len(images),

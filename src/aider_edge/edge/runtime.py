@@ -25,7 +25,7 @@ from aider_edge.contract import (
     decode_metadata,
     preprocessing_from_metadata,
 )
-from aider_edge.edge.bundle import MODEL_FILE, REBUILD_HINT, Bundle, BundleError, load_bundle
+from aider_edge.edge.bundle import REBUILD_HINT, Bundle, BundleError, load_bundle
 from aider_edge.edge.preprocess import to_model_input
 
 DEFAULT_BATCH = 64
@@ -80,27 +80,33 @@ class Prediction:
 class EdgeModel:
     """A bundle's model in an onnxruntime session, checked against the manifest."""
 
-    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
+    def __init__(
+        self, bundle: Bundle, threads: int | None = None, profile: str | None = None
+    ) -> None:
         self.bundle = bundle
+        # The profile's own model where the manifest names one (INT8 only where it passed).
+        self.file = bundle.model_file(profile)
         # Hash the very bytes handed to onnxruntime: the file could change after load_bundle.
-        data = bundle.model_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != bundle.model_sha256:
+        data = (bundle.root / self.file).read_bytes()
+        if hashlib.sha256(data).hexdigest() != bundle.manifest["files"][self.file]:
             raise BundleError(
-                f"bundle {bundle.root}: {MODEL_FILE} changed while loading; {REBUILD_HINT}"
+                f"bundle {bundle.root}: {self.file} changed while loading; {REBUILD_HINT}"
             )
         try:
             self.session = open_session(data, threads)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             message = " ".join(str(exc).split())[:300]
             raise BundleError(
-                f"bundle {bundle.root}: onnxruntime cannot load {MODEL_FILE} ({message}); {REBUILD_HINT}"
+                f"bundle {bundle.root}: onnxruntime cannot load {self.file} ({message}); {REBUILD_HINT}"
             ) from None
         self._check_signature()
         self.classifier = OnnxClassifier(self.session, bundle.preprocessing)
 
     @classmethod
-    def from_dir(cls, root: str | Path, threads: int | None = None) -> EdgeModel:
-        return cls(load_bundle(root), threads)
+    def from_dir(
+        cls, root: str | Path, threads: int | None = None, profile: str | None = None
+    ) -> EdgeModel:
+        return cls(load_bundle(root), threads, profile)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -135,7 +141,7 @@ class EdgeModel:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs]:
             raise BundleError(
-                f"bundle {root}: {MODEL_FILE} must have one input {INPUT_NAME!r} and an output "
+                f"bundle {root}: {self.file} must have one input {INPUT_NAME!r} and an output "
                 f"{OUTPUT_NAME!r}, has inputs {[i.name for i in inputs]} and outputs "
                 f"{[o.name for o in outputs]}; re-export it with `aider-edge export`"
             )
@@ -160,7 +166,7 @@ class EdgeModel:
         meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
         if "classes" in meta and json.loads(meta["classes"]) != list(self.classes):
             raise BundleError(
-                f"bundle {root}: class names in {MODEL_FILE} differ from manifest.json; {REBUILD_HINT}"
+                f"bundle {root}: class names in {self.file} differ from manifest.json; {REBUILD_HINT}"
             )
         out_shape = next(o.shape for o in outputs if o.name == OUTPUT_NAME)
         if (

@@ -118,12 +118,19 @@ def quantize(
     nodes_to_exclude: tuple[str, ...] = (),
     reduce_range: bool = False,
     op_types: tuple[str, ...] = (),
+    types: tuple[QuantType, QuantType] | None = None,
 ) -> dict:
     """Write the QDQ INT8 model of ``fp32_path`` to ``out_path``; return what was done.
 
     ``nodes_to_exclude`` stay in float; ``reduce_range`` quantises weights to 7 bits (what
     onnxruntime advises for x86 CPUs without VNNI, where U8S8 can saturate); ``op_types``, when
-    given, limits quantisation to those operators (e.g. ``Conv``, ``Gemm``)."""
+    given, limits quantisation to those operators (e.g. ``Conv``, ``Gemm``); ``types``
+    (activation, weight) overrides the settings' types, for studies that split the error between
+    activations and weights with 16-bit types (``QUInt16``, ``QInt16``)."""
+    activation_type, weight_type = types or (
+        ACTIVATION_TYPES[settings.activation_type],
+        QuantType.QInt8,
+    )
     ranges = calibrate_ranges(fp32_path, input_name, calibration_inputs, settings)
     with tempfile.TemporaryDirectory(prefix="aider-edge-quant.") as tmp:
         cache = Path(tmp) / "ranges.json"
@@ -137,16 +144,16 @@ def quantize(
             reduce_range=reduce_range,
             nodes_to_exclude=list(nodes_to_exclude),
             op_types_to_quantize=list(op_types) or None,
-            activation_type=ACTIVATION_TYPES[settings.activation_type],
-            weight_type=QuantType.QInt8,
+            activation_type=activation_type,
+            weight_type=weight_type,
             calibrate_method=METHODS[settings.method],
             calibration_cache_path=cache,
         )
     return {
         "format": "QDQ",
         "per_channel": True,
-        "weights": "int8",
-        "activations": settings.activation_type,
+        "weights": weight_type.name.removeprefix("Q").lower(),
+        "activations": activation_type.name.removeprefix("Q").lower(),
         "reduce_range": reduce_range,
         "float_nodes": list(nodes_to_exclude),
         "op_types": list(op_types) or "all",

@@ -11,19 +11,26 @@ runs them. Latency: every profile of ``validate.profiles`` through
 from __future__ import annotations
 
 import json
+import platform
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from aider_edge import atomic, gates, layout
+from aider_edge import atomic, emulation, gates, layout
 from aider_edge.config import Params, ValidateConfig
 from aider_edge.contract import ContractError, classes_from_metadata
 from aider_edge.data.cache import workspace_cache
 from aider_edge.edge.latency import host_cores, measure_latency
+from aider_edge.edge.parity import kernel_summary
 from aider_edge.edge.runtime import OnnxClassifier
+from aider_edge.emulation import EmulationError
 from aider_edge.errors import AiderEdgeError
 from aider_edge.stages.select import read_selected
+
+HOST_ISA = platform.machine()
 
 
 class ValidationFailed(AiderEdgeError):
@@ -68,6 +75,52 @@ def latency_report(model: Path, cfg: ValidateConfig) -> list[dict]:
     ]
 
 
+def int8_checks(
+    cfg: ValidateConfig,
+    int8_path: Path,
+    frames: np.ndarray,
+    reference: np.ndarray,
+    labels: np.ndarray,
+    classes: tuple[str, ...],
+    worth_it: bool,
+) -> dict[str, dict | str]:
+    """INT8 parity on the kernels of each profile CPU that is not this host's ISA: scored under
+    qemu on the emulated CPU (one process per CPU, in parallel), or the reason it was not."""
+    foreign = sorted({gates.kernels_of(p, HOST_ISA) for p in cfg.profiles} - {gates.HOST_KERNELS})
+    if not foreign:
+        return {}
+    if not cfg.emulate_int8:
+        return dict.fromkeys(foreign, "its gate on these kernels is off (validate.emulate_int8)")
+    if not worth_it:
+        return dict.fromkeys(foreign, "neither faster nor much smaller than fp32 (int8.decision)")
+    try:
+        sysroot = emulation.built_sysroot()
+    except EmulationError as exc:
+        return dict.fromkeys(foreign, f"no aarch64 kernels to evaluate its gate on ({exc})")
+    tol = {"atol": cfg.fp32_atol, "rtol": cfg.fp32_rtol}
+    with tempfile.TemporaryDirectory(prefix="aider-edge-validate-") as tmp:
+        frames_file = Path(tmp) / "frames.npy"
+        np.save(frames_file, frames)
+
+        def score(key: str) -> dict | str:
+            isa, _, cpu = key.partition("/")
+            if isa != "aarch64" or not cpu:
+                return f"no emulator for {key}"
+            out = Path(tmp) / f"{cpu}.json"
+            args = ["-m", "aider_edge.edge.parity", str(int8_path.resolve())]
+            try:
+                sysroot.run(cpu, [*args, "--frames", str(frames_file), "--out", str(out)])
+            except EmulationError as exc:
+                return str(exc)
+            scored = json.loads(out.read_text(encoding="utf-8"))["models"][0]
+            block = gates.parity(reference, np.asarray(scored["logits"]), labels, classes, **tol)
+            return block | {"kernel_counts": kernel_summary(scored["kernels"])}
+
+        print(f"int8 on emulated {', '.join(foreign)}: {len(frames)} test images ...", flush=True)
+        with ThreadPoolExecutor(max_workers=host_cores()) as pool:
+            return dict(zip(foreign, pool.map(score, foreign), strict=True))
+
+
 def run(params: Params, root: Path) -> dict[str, Any]:
     """Run the parity and latency checks, write ``validation/validation.json``, then gate."""
     from aider_edge.export.checkpoint import load_classifier
@@ -98,28 +151,45 @@ def run(params: Params, root: Path) -> dict[str, Any]:
         "parity": fp32_parity,
         "latency": fp32_latency,
     }
-    deployed, deployed_latency = layout.FP32_FILE, fp32_latency
+    int8_latency = None
+    kept = {p.name: False for p in cfg.profiles}
     if int8_model is not None:
         int8_logits = int8_model.logits(images, cfg.batch_size)
         int8_parity = gates.parity(reference, int8_logits, labels, test.classes, **tol)
         int8_latency = latency_report(int8_path, cfg)
-        kept, reason, figures = gates.int8_decision(int8_parity, fp32_latency, int8_latency, cfg)
+        _, reason, figures = gates.int8_decision(int8_parity, fp32_latency, int8_latency, cfg)
+        worth_it = any(gates.int8_gains(figures, cfg))
+        checks = int8_checks(cfg, int8_path, images, reference, labels, test.classes, worth_it)
+        by_profile = gates.int8_by_profile(
+            {gates.HOST_KERNELS: int8_parity, **checks}, fp32_latency, int8_latency, cfg, HOST_ISA
+        )
+        kept = {name: d["kept"] for name, d in by_profile.items()}
         report["int8"] = {
             **int8_parity,
             "passed": not gates.int8_failures(int8_parity, cfg),
-            "kept": kept,
+            "kept": any(kept.values()),
             "decision": reason,
             **figures,
             "latency": int8_latency,
+            "profiles": by_profile,
         }
-        if kept:
-            deployed, deployed_latency = layout.INT8_FILE, int8_latency
-    precision = "int8" if deployed == layout.INT8_FILE else "fp32"
-    latency_failures, warnings = gates.latency_gates(deployed_latency, cfg, precision)
+    deployed = gates.deployed_latency(fp32_latency, int8_latency, kept)
+    latency_failures, warnings = gates.latency_gates(deployed, cfg)
     failures += latency_failures
     report["warnings"] = warnings
     report["passed"] = not failures
-    report["deploy"] = {"model": deployed, "precision": precision}
+    everywhere = all(kept.values())
+    report["deploy"] = {
+        "model": layout.INT8_FILE if everywhere else layout.FP32_FILE,
+        "precision": "int8" if everywhere else "fp32",
+        "profiles": {
+            e["profile"]: {
+                "model": layout.INT8_FILE if precision == "int8" else layout.FP32_FILE,
+                "precision": precision,
+            }
+            for precision, e in deployed
+        },
+    }
     report["selected"] = {k: selected[k] for k in ("scenario", "method", "run_id")}
     report["thresholds"] = cfg.model_dump(exclude={"profiles"})
     report["host_cores"] = host_cores()
@@ -155,6 +225,12 @@ def summary(report: dict[str, Any]) -> list[str]:
                 f"  {'ok' if e['passed'] else 'OVER'}{est}"
             )
     if "int8" in report:
-        lines.append(f"int8 {report['int8']['decision']}")
+        lines.append(f"int8 on this host's kernels: {report['int8']['decision']}")
+        for name, d in report["int8"].get("profiles", {}).items():
+            if d["kernels"] != gates.HOST_KERNELS:
+                lines.append(f"  {name:<22} {d['kernels']}: {d['decision']}")
+        deployed = report["deploy"].get("profiles", {})
+        int8_on = sorted(n for n, d in deployed.items() if d["precision"] == "int8")
+        lines.append(f"int8 deployed to: {', '.join(int8_on) or 'no profile'}")
     lines.append(f"deploy: {report['deploy']['model']}  passed: {str(report['passed']).lower()}")
     return lines
