@@ -29,9 +29,11 @@ import argparse
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -48,7 +50,16 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from aider_edge import console, dvc_graph, fanout, layout, lineage, registry, tracking
+from aider_edge import (
+    console,
+    dvc_graph,
+    fanout,
+    flow_artifacts,
+    layout,
+    lineage,
+    registry,
+    tracking,
+)
 from aider_edge.bundling import deployed_model_name
 from aider_edge.config import FlowConfig, Params, load_params
 from aider_edge.data.cache import warm_cache
@@ -130,7 +141,9 @@ def run_stage(
     if env:
         logger.info("%s runs with %s", stage, " ".join(f"{k}={v}" for k, v in env.items()))
     started, started_at = time.monotonic(), time.time()
+    limit = flow_cfg.timeout_s(stage)
     # Streamed line by line into the task's log, so a long stage shows its progress as it runs.
+    # Its own session: on timeout, dvc and the stage it runs are stopped together.
     with subprocess.Popen(
         dvc_graph.wait_for_lock_repro(stage),
         cwd=workdir,
@@ -139,15 +152,31 @@ def run_stage(
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
+        start_new_session=True,
     ) as proc:
-        assert proc.stdout is not None  # stdout=PIPE
-        lines = []
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line.strip():
-                lines.append(line)
-                logger.info("%s | %s", stage, line)
-        code = proc.wait()
+        timed_out = threading.Event()
+        watchdog = threading.Timer(limit, stop_process_group, args=(proc, timed_out))
+        watchdog.start()
+        try:
+            assert proc.stdout is not None  # stdout=PIPE
+            lines = []
+            for line in proc.stdout:
+                line = line.rstrip()
+                if line.strip():
+                    lines.append(line)
+                    logger.info("%s | %s", stage, line)
+            code = proc.wait()
+        finally:
+            watchdog.cancel()
+    if timed_out.is_set():
+        kind = stage.split("@", 1)[0]
+        key = kind if kind in flow_cfg.stage_timeout_s else "default"
+        raise StageFailed(
+            f"stage {stage} ran past its {limit} s limit and was stopped: raise "
+            f"flow.stage_timeout_s.{key} in params.yaml if it needs longer, or find what hung",
+            True,  # running it again would hang again: not retried
+            stage,
+        )
     if code != 0:
         output = "\n".join(lines)
         user_error = re.search(rf"exited with {USER_ERROR_EXIT}\b", output) is not None
@@ -165,6 +194,20 @@ def run_stage(
         "env": env,
         "worker": f"{socket.gethostname()}:{workdir}",
     }
+
+
+def stop_process_group(
+    proc: subprocess.Popen, stopped: threading.Event, grace_s: float = 10.0
+) -> None:
+    """Interrupt a stage's process group (DVC releases its lock on SIGINT), then kill it."""
+    stopped.set()
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended meanwhile
+        pass
 
 
 def run_waves(root: Path, params: Params) -> list[dict[str, Any]]:
@@ -200,10 +243,12 @@ def run_waves(root: Path, params: Params) -> list[dict[str, Any]]:
                     "flow_cfg": cfg,
                     "remote": remote.get(stage),
                 }
+                # Prefect's own limit backs up the stage's: the UI shows it on the task run.
+                limited = stage_task.with_options(timeout_seconds=cfg.timeout_s(stage) + 60)
                 if cfg.dask_address and stage not in remote:  # the flow's own thread pool
-                    futures.append(stage_task.submit(str(root), stage, changes[stage], cfg))
+                    futures.append(limited.submit(str(root), stage, changes[stage], cfg))
                 else:
-                    futures.append(runner.submit(stage_task, parameters=parameters))
+                    futures.append(runner.submit(limited, parameters=parameters))
             done, failures = wait_for_wave(wave, futures)
             results += done
             failed = {f.stage for f in failures}
@@ -366,24 +411,35 @@ def retrain(project_dir: str = ".", publish_bundle: bool = True) -> dict[str, An
         results = sorted(run_waves(root, params), key=lambda r: stages.index(r["stage"]))
         ran = [r["stage"] for r in results if r["ran"]]
         skipped = [r["stage"] for r in results if not r["ran"]]
-        summary: dict[str, Any] = {"stages": results, "ran": ran, "skipped": skipped}
+        summary: dict[str, Any] = {
+            "flow_run_id": current_run_id(),
+            "stages": results,
+            "ran": ran,
+            "skipped": skipped,
+        }
 
         if ran:
             summary["versioning"] = version_data(str(root), params, ran)
+        # register / promote / publish are idempotent: a crash (a store that blinked) is retried.
+        retries, delay = params.flow.registry_retries, params.flow.retry_delay_s
+        register_task = register.with_options(retries=retries, retry_delay_seconds=delay)
+        promote_task = promote.with_options(retries=retries, retry_delay_seconds=delay)
+        publish_task = publish.with_options(retries=retries, retry_delay_seconds=delay)
         if "export" not in stages or not (root / layout.VALIDATION).is_file():
             logger.warning("dvc.yaml has no export/validate outputs yet: nothing to register")
             summary["registration"] = None
         else:
-            reg = register(str(root), params)
+            reg = register_task(str(root), params)
             summary["registration"] = reg
             if reg["new"] or not _already_decided(params, root, reg["version"]):
-                summary["promotion"] = promote(str(root), params, reg["version"])
+                summary["promotion"] = promote_task(str(root), params, reg["version"])
             else:
                 summary["promotion"] = None
         if publish_bundle and summary.get("registration"):
-            summary["bundle"] = publish(str(root), params)
+            summary["bundle"] = publish_task(str(root), params)
     summary["nothing_changed"] = not ran and not (summary.get("registration") or {}).get("new")
     summary["seconds"] = round(time.monotonic() - started, 1)
+    summary["artifacts"] = flow_artifacts.publish(summary, root, uri, params.registry.model_name)
     logger.info(describe(summary))
     return summary
 

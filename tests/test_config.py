@@ -279,3 +279,11 @@ def test_an_emptied_train_scenarios_names_the_default_to_write(tmp_path):
         f"{path}: train.scenarios is empty, and dvc.yaml's train matrix needs it: write "
         "`scenarios: *scenarios` (every scenario of split.scenarios) or a list of them"
     )
+
+
+def test_stage_time_limits_go_by_stage_kind_with_a_default():
+    flow = parse_params({}, source="test").flow
+    assert flow.timeout_s("train@s1-baseline") == 43200
+    assert flow.timeout_s("ingest") == 7200 and flow.timeout_s("validate") == 3600
+    with pytest.raises(ConfigError, match=r"flow.stage_timeout_s.*needs a `default` entry"):
+        parse_params({"flow": {"stage_timeout_s": {"train": 60}}}, source="test")

@@ -545,6 +545,14 @@ class FlowConfig(_Section):
     retry_delay_s: NonNegativeInt = 10
     lock_timeout_s: NonNegativeInt = 0
     """How long a second flow run on the same workspace waits for the first; 0 = stop at once."""
+    stage_timeout_s: dict[str, PositiveInt] = Field(
+        default_factory=lambda: {"default": 3600, "ingest": 7200, "train": 43200}
+    )
+    """Seconds a stage may run before the flow stops it and fails, by stage kind (the name before
+    ``@``: ``train`` for every ``train@*``), ``default`` for kinds not listed. A hung stage or
+    tracking store then fails the run with one line instead of blocking it forever."""
+    registry_retries: NonNegativeInt = 2
+    """Retries of register / promote / publish when they crash (they are idempotent)."""
     bundle_dir: Annotated[str, Field(min_length=1)] = "dist/bundle"
     """Where the champion's drone bundle is published (``aider-edge bundle --alias champion``)."""
     workers: PositiveInt = 1
@@ -554,6 +562,18 @@ class FlowConfig(_Section):
     """GPU ids to pin, one per worker (worker i gets ``gpus[i % len(gpus)]``); empty: no pinning."""
     dask_address: str | None = None
     """An existing Dask scheduler (``tcp://host:8786``) to run the stages on instead."""
+
+    @field_validator("stage_timeout_s")
+    @classmethod
+    def _has_default(cls, value: dict[str, int]) -> dict[str, int]:
+        if "default" not in value:
+            raise ValueError("needs a `default` entry (seconds for stage kinds not listed)")
+        return value
+
+    def timeout_s(self, stage: str) -> int:
+        """The time limit of ``stage`` (``train@s1-baseline`` is of kind ``train``)."""
+        kind = stage.split("@", 1)[0]
+        return self.stage_timeout_s.get(kind, self.stage_timeout_s["default"])
 
     @field_validator("cron")
     @classmethod

@@ -88,6 +88,16 @@ def bundle_version(project: Path) -> str:
     return json.loads((project / "dist/bundle/manifest.json").read_text())["model_version"]
 
 
+def flow_run_artifacts(flow_run_id: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as prefect:
+        return prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -105,6 +115,29 @@ def test_bad_params_stop_the_command_with_one_line(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().count("\n") == 0
     assert "flow.cron = 'every night': must be a cron expression with 5 fields" in done.stderr
+
+
+def test_a_hung_stage_is_stopped_at_its_limit_and_fails_the_run_in_one_line(retrain, tmp_path, env):
+    repo = make_project(
+        tmp_path / "hang",
+        {"flow": {"stage_timeout_s": {"default": 3600, "hang": 2}}},
+        stages=(),
+    )
+    (repo / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"hang": {"cmd": "python -c 'import time; time.sleep(120)'"}}})
+    )
+    run_command(["git", "commit", "-qam", "a stage that hangs"], repo)
+    started = time.monotonic()
+    with pytest.raises(AiderEdgeError) as err:
+        retrain.retrain(project_dir=str(repo))
+    assert time.monotonic() - started < 60
+    assert str(err.value) == (
+        "stage hang ran past its 2 s limit and was stopped: raise flow.stage_timeout_s.hang in "
+        "params.yaml if it needs longer, or find what hung"
+    )
+    sleepers = run_command(["pgrep", "-f", "time.sleep\\(120\\)"], repo, ok=False).stdout
+    assert sleepers == ""  # the stage's process went with dvc
+    assert run_command(["dvc", "status"], repo).returncode == 0  # no lock left behind
 
 
 def test_unreachable_tracking_server_stops_before_any_stage(retrain, project, env):
@@ -198,6 +231,28 @@ def test_first_run_trains_registers_promotes_and_publishes(retrain, project, env
     assert tags["dvc_split_md5"].endswith(".dir")
     assert tags["dvc_train_split_md5"] == md5(project / "data/splits/train_s1.csv")
     assert tags["scenario"] == "s1" and tags["method"] == "baseline"
+
+    # what the Prefect UI shows, read back through Prefect's own API
+    artifacts = {a.key: a for a in flow_run_artifacts(summary["flow_run_id"])}
+    assert (
+        set(artifacts)
+        == set(summary["artifacts"])
+        == {
+            "retrain-summary",
+            "select-candidates",
+            "latency-by-profile",
+            "registered-model",
+        }
+    )
+    assert artifacts["retrain-summary"].type == "markdown"
+    assert "**Promotion**: promoted" in artifacts["retrain-summary"].data
+    assert "`s1-baseline`" in artifacts["retrain-summary"].data
+    assert artifacts["select-candidates"].type == "table"
+    assert json.loads(artifacts["select-candidates"].data)[0]["run"] == "s1-baseline"
+    profiles = [row["profile"] for row in json.loads(artifacts["latency-by-profile"].data)]
+    assert profiles == ["host", "raspberry_pi_4"]
+    assert artifacts["registered-model"].type == "markdown"  # Prefect stores links as markdown
+    assert f"/#/models/{MODEL}/versions/1" in artifacts["registered-model"].data
 
 
 def test_second_run_without_changes_does_nothing_quickly(retrain, project, env):
