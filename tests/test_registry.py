@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import mlflow
@@ -29,7 +30,9 @@ COLOURS = {"red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1)}
 PASSED = {"passed": True, "failures": []}
 
 
-def tiny_onnx(path: Path, weights: np.ndarray, bias: np.ndarray, run_id: str) -> Path:
+def tiny_onnx(
+    path: Path, weights: np.ndarray, bias: np.ndarray, run_id: str, classes: list[str] = CLASSES
+) -> Path:
     """input (N,3,32,32) -> mean colour -> Gemm -> logits, with the export metadata contract."""
     graph = helper.make_graph(
         [
@@ -39,7 +42,7 @@ def tiny_onnx(path: Path, weights: np.ndarray, bias: np.ndarray, run_id: str) ->
         ],
         "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(CLASSES)])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(classes)])],
         [
             numpy_helper.from_array(weights.astype(np.float32), "W"),
             numpy_helper.from_array(bias.astype(np.float32), "b"),
@@ -50,7 +53,7 @@ def tiny_onnx(path: Path, weights: np.ndarray, bias: np.ndarray, run_id: str) ->
     helper.set_model_props(
         model,
         {
-            "aider_edge.classes": json.dumps(CLASSES),
+            "aider_edge.classes": json.dumps(classes),
             "aider_edge.input_size": "32",
             "aider_edge.mean": json.dumps([0.485, 0.456, 0.406]),
             "aider_edge.std": json.dumps([0.229, 0.224, 0.225]),
@@ -130,16 +133,21 @@ def test_register_logs_one_onnx_file_linked_to_the_training_run(project, tmp_pat
     root, params = project
     run_id = training_run(params)
     path = good(tmp_path / "a/model.onnx", run_id)
+    client = mlflow.MlflowClient(params.mlflow.tracking_uri)
+    trained = client.get_run(run_id).info
+    time.sleep(0.01)  # a re-stamped end time would differ by at least this
 
     reg = registry.register_challenger(params, root, path, validation=PASSED)
     assert (reg.version, reg.run_id, reg.new) == ("1", run_id, True)
+    after = client.get_run(run_id).info
+    # the training run's duration is training's, not training + export + validate
+    assert (after.start_time, after.end_time) == (trained.start_time, trained.end_time)
     assert aliases(params) == {"challenger": "1"}
     tags = version_tags(params, "1")
     assert tags["run_id"] == run_id and tags["scenario"] == "s1"
     assert tags["onnx_sha256"] == sha256_file(path)
     assert tags["validation_passed"] == "true"
 
-    client = mlflow.MlflowClient(params.mlflow.tracking_uri)
     mv = client.get_model_version(params.registry.model_name, "1")
     assert mv.run_id == run_id
     model_id = mv.source.removeprefix("models:/")
@@ -250,3 +258,40 @@ def test_registry_errors_are_one_clear_line(project, tmp_path, monkeypatch):
     with pytest.raises(AiderEdgeError, match="not reachable") as err:
         registry.promote(params, root)
     assert "\n" not in str(err.value)
+
+
+def test_a_class_change_is_promoted_only_on_purpose(project, tmp_path):
+    """A challenger with another class list than the champion cannot be compared with it: it
+    stays challenger, saying how to promote it, until someone allows the change."""
+    root, params = project
+    run_id = training_run(params)
+    old_classes = ["red", "green", "smoke"]  # the champion's world: no "blue"
+    old_params = params.model_copy(
+        update={"data": params.data.model_copy(update={"classes": tuple(old_classes)})}
+    )
+    registry.register_challenger(
+        old_params,
+        root,
+        tiny_onnx(tmp_path / "1/model.onnx", np.eye(3), np.zeros(3), run_id, old_classes),
+        validation=PASSED,
+    )
+    # the champion, scored on a test split of its own classes
+    (root / "data/splits/test.csv").rename(root / "data/splits/new-test.csv")
+    rows = (root / "data/splits/new-test.csv").read_text().replace(",blue,", ",smoke,")
+    (root / "data/splits/test.csv").write_text(rows)
+    assert registry.promote(old_params, root, "1").promoted
+    (root / "data/splits/new-test.csv").replace(root / "data/splits/test.csv")
+
+    v2 = registry.register_challenger(
+        params, root, good(tmp_path / "2/model.onnx", run_id), validation=PASSED
+    )
+    held = registry.promote(params, root, v2.version)
+    assert held.decision == registry.KEPT and aliases(params)["champion"] == "1"
+    assert held.reason == (
+        "champion v1 has other classes (red, green, smoke; now red, green, blue): a class change "
+        "is promoted only on purpose: `aider-edge promote --version 2 --allow-class-change` "
+        "(or registry.allow_class_change: true)"
+    )
+    allowed = registry.promote(params, root, v2.version, allow_class_change=True)
+    assert allowed.promoted and allowed.reason.endswith(": class change allowed")
+    assert aliases(params)["champion"] == "2"

@@ -159,13 +159,19 @@ def test_a_corrupt_resume_checkpoint_is_set_aside_and_the_run_starts_over(run_wo
     assert (run_dir / "checkpoint.pt.corrupt").read_bytes() == b"\x80\x02 a checkpoint cut short"
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "checkpoint.pt.corrupt",
+        "history.csv",
+        "loss.csv",
         "metrics.json",
         "model.pt",
         "run.json",
+        "test_predictions.csv",
     ]
     # Readable by a worker or server running as another user (not mkstemp's 0600).
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in run_dir.iterdir()} == {
         "checkpoint.pt.corrupt": 0o644,
+        "history.csv": 0o644,
+        "loss.csv": 0o644,
+        "test_predictions.csv": 0o644,
         "metrics.json": 0o644,
         "model.pt": 0o644,
         "run.json": 0o644,

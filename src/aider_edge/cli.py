@@ -164,7 +164,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
         before, after = registry.rollback(params, Path.cwd())
         print(f"{name}: {champion} moved back from v{before} to v{after}")
         return 0
-    decision = registry.promote(params, Path.cwd(), args.version)
+    decision = registry.promote(
+        params, Path.cwd(), args.version, allow_class_change=args.allow_class_change or None
+    )
     print(f"{name} v{decision.challenger_version}: {decision.decision} ({decision.reason})")
     print(f"{champion}: v{decision.champion_version}")
     return 0
@@ -311,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     which = promote.add_mutually_exclusive_group()
     which.add_argument("--version", help="model version to consider (default: the challenger)")
     which.add_argument("--rollback", action="store_true", help="move champion back one step")
+    promote.add_argument(
+        "--allow-class-change",
+        action="store_true",
+        help="promote even though the champion has another class list (no comparison possible)",
+    )
     promote.set_defaults(func=cmd_promote)
 
     # predict and bench both run a bundle's model on this machine.

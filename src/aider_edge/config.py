@@ -510,6 +510,11 @@ class RegistryConfig(_Section):
     margin: Annotated[float, Field(ge=-1, le=1)] = 0.0
     """The challenger's test G-Mean must reach the champion's (re-scored on the same test split)
     plus this margin; a positive margin ignores improvements within noise."""
+    allow_class_change: bool = False
+    """Promote a challenger whose class list differs from the champion's. The two cannot be
+    compared on one test split, so the drones would get another set of answers without any gate:
+    off, such a challenger stays challenger until someone decides (``aider-edge promote
+    --allow-class-change``)."""
 
     @model_validator(mode="after")
     def _distinct_aliases(self) -> RegistryConfig:

@@ -33,6 +33,12 @@ RESUME_CHECKPOINT = "checkpoint.pt"
 """Resumable state after the last finished epoch; removed once the run finishes."""
 RUN_METRICS = "metrics.json"
 RUN_INFO = "run.json"
+RUN_HISTORY = "history.csv"
+"""Per epoch: the training losses and every validation figure (DVC plot: val G-Mean)."""
+RUN_LOSS = "loss.csv"
+"""Per epoch: the training loss alone (DVC plot: loss; DVC draws one column per stage plot)."""
+RUN_TEST_PREDICTIONS = "test_predictions.csv"
+"""The test split's true and predicted class per image (DVC plot: confusion matrix)."""
 
 # --- stages after training ------------------------------------------------------------------------
 REPORTS_DIR = Path("reports")

@@ -174,8 +174,9 @@ def register_challenger(
     model_id = None
     with _global_uri(uri):
         try:
-            # Reopening the finished training run links the logged model to it (source_run_id);
-            # it is set back to FINISHED on the way out.
+            # Reopening the finished training run links the logged model to it (source_run_id).
+            # Closing it again would stamp a new end time, and the run's duration would then
+            # include export and validation: its own status and end time are put back.
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.onnx.log_model(
                     model,
@@ -184,6 +185,8 @@ def register_challenger(
                     pip_requirements=mlflow.onnx.get_default_pip_requirements(),
                     metadata={"validation": _jsonable(validation), "onnx_metadata": meta},
                 )
+            if run.info.end_time is not None:
+                client.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
             model_id = info.model_id
             created = client.create_model_version(
                 name, source=info.model_uri, run_id=run_id, tags=tags, model_id=model_id
@@ -358,10 +361,12 @@ def promote(
     version: str | None = None,
     *,
     validation: Mapping[str, Any] | None = None,
+    allow_class_change: bool | None = None,
 ) -> Decision:
     """Run the promotion gate for ``version`` (default: the challenger) and move the champion.
 
-    ``validation`` defaults to the figures stored with the version at registration.
+    ``validation`` defaults to the figures stored with the version at registration;
+    ``allow_class_change`` to ``registry.allow_class_change``.
     """
     root = Path(root).resolve()
     uri, client = connect(params, root)
@@ -390,7 +395,10 @@ def promote(
             path, metadata = fetch_version(uri, params, version, Path(tmp) / "challenger")
             if validation is None:
                 validation = metadata.get("validation") or {}
-            decision = _gate(params, root, uri, path, validation, previous, decide, Path(tmp))
+            allowed = cfg.allow_class_change if allow_class_change is None else allow_class_change
+            decision = _gate(
+                params, root, uri, path, validation, previous, decide, Path(tmp), allowed, version
+            )
 
     if previous != version:
         _record(client, name, version, decision, root)
@@ -400,7 +408,18 @@ def promote(
     return decision
 
 
-def _gate(params, root, uri, challenger_path, validation, previous, decide, tmp: Path) -> Decision:
+def _gate(
+    params,
+    root,
+    uri,
+    challenger_path,
+    validation,
+    previous,
+    decide,
+    tmp: Path,
+    class_change: bool,
+    version: str,
+) -> Decision:
     """Validation first, then the challenger's test G-Mean against the champion's + margin."""
     cfg = params.registry
     if validation.get("passed") is not True:
@@ -418,13 +437,33 @@ def _gate(params, root, uri, challenger_path, validation, previous, decide, tmp:
     champion_path, _ = fetch_version(uri, params, previous, tmp / "champion")
     champ_metrics = score_onnx(params, root, champion_path)
     if champ_metrics is None:
-        # The class list changed: the old champion answers another question.
-        return decide(PROMOTED, f"{cfg.champion_alias} v{previous} has other classes", chall, None)
+        # The class list changed: the old champion answers another question, and no figure
+        # compares the two. Only a person decides that the drones get new classes.
+        theirs = ", ".join(_classes_of(champion_path))
+        ours = ", ".join(params.data.classes)
+        change = f"{cfg.champion_alias} v{previous} has other classes ({theirs}; now {ours})"
+        if class_change:
+            return decide(PROMOTED, f"{change}: class change allowed", chall, None)
+        return decide(
+            KEPT,
+            f"{change}: a class change is promoted only on purpose: `aider-edge promote "
+            f"--version {version} --allow-class-change` "
+            "(or registry.allow_class_change: true)",
+            chall,
+            None,
+        )
     champ = champ_metrics["g_mean"]
     figures = f"champion v{previous} {champ:.4f} + margin {cfg.margin:g}"
     if chall >= champ + cfg.margin:
         return decide(PROMOTED, f"test G-Mean {chall:.4f} >= {figures}", chall, champ)
     return decide(KEPT, f"test G-Mean {chall:.4f} < {figures}", chall, champ)
+
+
+def _classes_of(onnx_path: Path) -> list[str]:
+    from aider_edge.contract import classes_from_metadata
+    from aider_edge.edge.runtime import OnnxClassifier
+
+    return list(classes_from_metadata(OnnxClassifier.from_file(onnx_path).metadata))
 
 
 def _record(client, name: str, version: str, decision: Decision, root: Path) -> None:

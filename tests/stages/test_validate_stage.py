@@ -173,10 +173,32 @@ def test_dvc_repro_runs_select_export_validate(dvc_repo: Path):
     meta = metadata(onnx.load(str(dvc_repo / "export" / "model.onnx")))
     assert re.fullmatch(r"[0-9a-f]{32}(\.dir)?", meta["data_hash"])
 
-    metrics = run_command(["dvc", "metrics", "show", "--json"], dvc_repo).stdout
-    assert "validation/validation.json" in metrics
+    metrics = json.loads(run_command(["dvc", "metrics", "show", "--json"], dvc_repo).stdout)
+    shown = metrics[""]["data"]["validation/validation.json"]["data"]
+    # per profile, as DVC (which drops lists) shows it in `dvc metrics show` and `dvc exp show`
+    assert shown["latency_by_profile"]["host"]["p90_ms"] == validation["latency"][0]["p90_ms"]
+    assert shown["latency_by_profile"]["raspberry_pi_4"]["precision"] == "fp32"
     again = run_command(["dvc", "repro", "validate"], dvc_repo).stdout
     assert "Running stage" not in again
+
+    # The run's curves and test confusion matrix, drawn by DVC itself (the report's figures
+    # are not made yet: DVC says so and draws the rest).
+    run_command(["dvc", "plots", "show", "-o", "plots-html"], dvc_repo, ok=False)
+    assert "vegaEmbed" in (dvc_repo / "plots-html" / "index.html").read_text()
+    shown = json.loads(run_command(["dvc", "plots", "show", "--json"], dvc_repo, ok=False).stdout)[
+        "data"
+    ]
+    for name, template in (
+        ("history.csv", "val_g_mean"),
+        ("loss.csv", "loss"),
+        ("test_predictions.csv", "predicted"),
+    ):
+        (plot,) = shown[f"models/s1-baseline/{name}"]
+        assert plot["type"] == "vega" and template in json.dumps(plot["content"]), name
+    header = (dvc_repo / "models/s1-baseline/history.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,loss,") and "val_g_mean" in header and "seconds" not in header
+    predictions = (dvc_repo / "models/s1-baseline/test_predictions.csv").read_text().splitlines()
+    assert predictions[0] == "actual,predicted" and len(predictions) == 1 + 20
 
     # Without INT8: again only params change; export and validate re-run, nothing trains.
     edit_params(dvc_repo, {"export": {"int8": False}})

@@ -11,6 +11,8 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from aider_edge import atomic, layout, tracking
 from aider_edge.config import Params
 from aider_edge.data.augment import normalize
@@ -19,9 +21,10 @@ from aider_edge.data.loader import to_batch_tensor
 from aider_edge.device import device_info, training_device
 from aider_edge.digest import sha256_file
 from aider_edge.errors import ConfigError
+from aider_edge.metrics import classification_metrics
 from aider_edge.model import check_weights
 from aider_edge.progress import Progress, training_bar
-from aider_edge.training import RunData, evaluate, fit_summary, images_per_epoch
+from aider_edge.training import History, RunData, evaluate, fit_summary, images_per_epoch, predict
 from aider_edge.training import train as fit
 
 
@@ -107,8 +110,10 @@ def run(
             "method": method,
             **derived,
             "val": evaluate(model, data.val, batch),
-            "test": evaluate(model, data.test, batch),
         }
+        test_logits, test_labels = predict(model, data.test, batch)
+        metrics["test"] = classification_metrics(test_labels, test_logits.argmax(1), classes)
+        write_plots(out_dir, history, test_labels, test_logits.argmax(1), classes)
         atomic.write_json(out_dir / layout.RUN_METRICS, metrics)
         tracked.log_final(metrics, out_dir)
         model.cpu()  # the logged model must load on hosts without the training device
@@ -117,6 +122,47 @@ def run(
         tracked.write_run_json(out_dir)
     (out_dir / layout.RESUME_CHECKPOINT).unlink(missing_ok=True)
     return metrics
+
+
+HISTORY_SKIPPED = ("seconds", "images_per_s")
+"""Wall-clock figures: they differ on every run, and the plots' files must not (DVC would see a
+changed output where the model is byte-identical)."""
+
+
+def write_plots(
+    out_dir: Path,
+    history: History,
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    classes: tuple[str, ...] | list[str],
+) -> None:
+    """The run's DVC plots: ``history.csv``, ``loss.csv`` and ``test_predictions.csv``."""
+    columns = (
+        ["epoch"]
+        + [
+            key
+            for key in history.epochs[0]
+            if key not in ("epoch", *HISTORY_SKIPPED)
+            and isinstance(history.epochs[0][key], float | int)
+        ]
+        if history.epochs
+        else ["epoch"]
+    )
+    atomic.write_csv(
+        out_dir / layout.RUN_HISTORY,
+        columns,
+        ([record.get(c) for c in columns] for record in history.epochs),
+    )
+    atomic.write_csv(
+        out_dir / layout.RUN_LOSS,
+        ["epoch", "loss"],
+        ([record["epoch"], record.get("loss")] for record in history.epochs),
+    )
+    atomic.write_csv(
+        out_dir / layout.RUN_TEST_PREDICTIONS,
+        ["actual", "predicted"],
+        ([classes[int(a)], classes[int(p)]] for a, p in zip(labels, predicted, strict=True)),
+    )
 
 
 def summary(metrics: dict[str, Any]) -> list[str]:

@@ -190,6 +190,18 @@ def run(params: Params, root: Path) -> dict[str, Any]:
             for precision, e in deployed
         },
     }
+    # The deployed model's figures keyed by profile: `dvc metrics show / diff` and `dvc exp show`
+    # drop lists, so the `latency` entries alone are invisible there.
+    report["latency_by_profile"] = {
+        e["profile"]: {
+            "precision": precision,
+            "p50_ms": e["p50_ms"],
+            "p90_ms": e["p90_ms"],
+            "budget_ms": e["budget_ms"],
+            "passed": e["passed"],
+        }
+        for precision, e in deployed
+    }
     report["selected"] = {k: selected[k] for k in ("scenario", "method", "run_id")}
     report["thresholds"] = cfg.model_dump(exclude={"profiles"})
     report["host_cores"] = host_cores()
