@@ -20,6 +20,17 @@ METRICS_BLOCK_KEYS = frozenset(
         "confusion_matrix",
     }
 )
+PROBABILISTIC_KEYS = frozenset(
+    {
+        "average_precision_macro",
+        "average_precision_per_class",
+        "roc_auc_macro",
+        "brier",
+        "log_loss",
+        "ece",
+    }
+)
+"""Beside the metric block in a training run's val/test blocks: ranking and calibration."""
 
 # validation.json "latency" entries and the edge runtime's `bench` report (at least these).
 LATENCY_ENTRY_KEYS = frozenset(
@@ -37,3 +48,8 @@ PARITY_KEYS = frozenset(
         "g_mean_onnx",
     }
 )
+
+RUN_FILES = frozenset(
+    {"model.pt", "metrics.json", "run.json", "history.csv", "loss.csv", "test_predictions.csv"}
+)
+"""What a finished training run leaves in ``models/<scenario>-<method>/``: its DVC outputs."""

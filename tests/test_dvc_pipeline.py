@@ -10,7 +10,7 @@ import mlflow
 import pytest
 
 from conftest import edit_params, run_command
-from contracts import METRICS_BLOCK_KEYS
+from contracts import METRICS_BLOCK_KEYS, PROBABILISTIC_KEYS, RUN_FILES
 
 pytestmark = pytest.mark.slow  # real `dvc repro` in a temporary git repository
 
@@ -54,14 +54,15 @@ def test_one_matrix_entry_writes_the_contract_files_and_a_tracked_run(dvc_repo: 
     out = run_command(["dvc", "repro", "train@s1-adaptive"], dvc_repo).stdout
     assert "Running stage 'train@s1-adaptive'" in out and "train@s1-baseline" not in out
     run_dir = dvc_repo / "models" / "s1-adaptive"
-    assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.json", "model.pt", "run.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(RUN_FILES)
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (metrics["scenario"], metrics["method"]) == ("s1", "adaptive")
     assert metrics["sigma"] > 0.25 and metrics["tau"] < 0.1 and metrics["lambda"] > 0.5
     assert metrics["class_counts"]["normal"] == 48
     for block in ("val", "test"):
-        assert metrics[block].keys() >= METRICS_BLOCK_KEYS
+        assert metrics[block].keys() >= METRICS_BLOCK_KEYS | PROBABILISTIC_KEYS
+        assert 0.0 <= metrics[block]["ece"] <= 1.0 and metrics[block]["log_loss"] > 0
 
     run_json = json.loads((run_dir / "run.json").read_text())
     client = mlflow.MlflowClient(run_json["tracking_uri"])

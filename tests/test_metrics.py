@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from aider_edge.metrics import classification_metrics
+from aider_edge.metrics import classification_metrics, probabilistic_metrics
 from contracts import METRICS_BLOCK_KEYS
 
 
@@ -119,3 +119,45 @@ def test_every_value_equals_scikit_learn_and_imbalanced_learn(seed) -> None:
     reference = reference_metrics(y_true, y_pred, k)
     for key, value in reference.items():
         assert ours[key] == (value.tolist() if isinstance(value, np.ndarray) else value), key
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_probabilistic_metrics_equal_scikit_learns_with_tied_scores():
+    from sklearn.metrics import (
+        average_precision_score,
+        brier_score_loss,
+        log_loss,
+        roc_auc_score,
+    )
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 200)
+    logits = rng.normal(size=(200, 4)) + 1.5 * np.eye(4)[y]
+    logits[:40] = np.round(logits[:40])  # many tied scores
+    got = probabilistic_metrics(y, logits, list("abcd"))
+    p = _softmax(logits)
+    per_class = [average_precision_score(y == c, p[:, c]) for c in range(4)]
+    assert got["average_precision_per_class"] == pytest.approx(
+        dict(zip("abcd", per_class, strict=True))
+    )
+    assert got["average_precision_macro"] == pytest.approx(np.mean(per_class))
+    assert got["roc_auc_macro"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr"))
+    assert got["log_loss"] == pytest.approx(log_loss(y, p, labels=range(4)))
+    assert got["brier"] == pytest.approx(brier_score_loss(y, p, labels=range(4)))
+
+
+def test_ece_by_hand_and_a_class_absent_from_the_split():
+    # top-1 confidences 0.9, 0.9 (one right, one wrong) and 0.6 (right), two classes
+    p = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6]])
+    got = probabilistic_metrics([0, 1, 1], np.log(p), ["a", "b"])
+    # bin (0.867, 0.933]: accuracy 0.5, confidence 0.9, 2/3 of the images; bin (0.533, 0.6]: 1.0 vs 0.6
+    assert got["ece"] == pytest.approx(abs(0.5 - 0.9) * 2 / 3 + abs(1.0 - 0.6) / 3)
+    assert got["brier"] == pytest.approx(np.mean([0.02, 1.62, 0.32]))
+    # every image is class a: no negatives for a, no positives for b -> no AUC at all
+    alone = probabilistic_metrics([0, 0, 0], np.log(p), ["a", "b"])
+    assert alone["roc_auc_macro"] is None
+    assert alone["average_precision_per_class"]["b"] == 0.0

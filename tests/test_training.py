@@ -28,6 +28,7 @@ from aider_edge.data.loader import (
 )
 from aider_edge.training import CHECKPOINT, RunData, TrainingDiverged, loss_setup, train
 from conftest import RUN_ARGS, umask
+from contracts import RUN_FILES
 
 CLASSES = ("a", "b", "c")
 
@@ -157,25 +158,12 @@ def test_a_corrupt_resume_checkpoint_is_set_aside_and_the_run_starts_over(run_wo
     )
     assert err.splitlines().count(warning) == 1 and "Traceback" not in err
     assert (run_dir / "checkpoint.pt.corrupt").read_bytes() == b"\x80\x02 a checkpoint cut short"
-    assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoint.pt.corrupt",
-        "history.csv",
-        "loss.csv",
-        "metrics.json",
-        "model.pt",
-        "run.json",
-        "test_predictions.csv",
-    ]
+    left = RUN_FILES | {"checkpoint.pt.corrupt"}
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(left)
     # Readable by a worker or server running as another user (not mkstemp's 0600).
-    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in run_dir.iterdir()} == {
-        "checkpoint.pt.corrupt": 0o644,
-        "history.csv": 0o644,
-        "loss.csv": 0o644,
-        "test_predictions.csv": 0o644,
-        "metrics.json": 0o644,
-        "model.pt": 0o644,
-        "run.json": 0o644,
-    }
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in run_dir.iterdir()} == dict.fromkeys(
+        left, 0o644
+    )
 
 
 def test_a_checkpoint_that_is_no_training_state_is_set_aside_too(data, tmp_path, capsys):

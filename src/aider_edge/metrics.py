@@ -102,3 +102,81 @@ def _check_labels(
                 f"{sorted(set(arr.tolist()) - set(range(len(classes))))}"
             )
     return true.astype(np.int64), pred.astype(np.int64)
+
+
+ECE_BINS = 15
+
+
+def probabilistic_metrics(
+    y_true: Sequence[int] | np.ndarray, logits: np.ndarray, classes: Sequence[str]
+) -> dict[str, Any]:
+    """What the argmax hides: how well the model *ranks* each class, and whether its
+    probabilities mean what they say (softmax of ``logits``, shape (n, K)).
+
+    Keys, by scikit-learn's definitions (``tests/test_metrics.py`` holds them to its values):
+    ``average_precision_per_class`` (one-vs-rest ``average_precision_score``: precision summed
+    over the recall steps) and its unweighted mean ``average_precision_macro``;
+    ``roc_auc_macro`` (one-vs-rest ``roc_auc_score``, macro; a class absent from ``y_true`` has
+    no AUC and is left out of the mean, ``None`` when no class has one); ``brier`` (multiclass:
+    mean over images of the squared distance between the probability vector and the one-hot
+    truth, 0 best, 2 worst); ``log_loss`` (mean negative log-probability of the true class);
+    ``ece`` (expected calibration error of the top-1 probability over ``ECE_BINS`` equal-width
+    bins: sum of |accuracy - mean confidence| weighted by the bin's share of images).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    y_true, _ = _check_labels(y_true, np.zeros(len(y_true), dtype=np.int64), classes)
+    if logits.shape != (y_true.size, len(classes)):
+        raise ValueError(f"logits must be ({y_true.size}, {len(classes)}), got {logits.shape}")
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    probs = np.exp(log_probs)
+    onehot = np.eye(len(classes))[y_true]
+    ap = [_average_precision(onehot[:, c], probs[:, c]) for c in range(len(classes))]
+    aucs = [_roc_auc(onehot[:, c], probs[:, c]) for c in range(len(classes))]
+    defined = [a for a in aucs if a is not None]
+    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+    correct = (predicted == y_true).astype(np.float64)
+    # Bins (lo, hi] as scikit-learn's calibration tools and the usual ECE: 0 goes in the first.
+    bins = np.clip(np.ceil(confidence * ECE_BINS).astype(int) - 1, 0, ECE_BINS - 1)
+    ece = sum(
+        abs(correct[bins == b].mean() - confidence[bins == b].mean()) * np.mean(bins == b)
+        for b in range(ECE_BINS)
+        if np.any(bins == b)
+    )
+    return {
+        "average_precision_macro": float(np.mean(ap)),
+        "average_precision_per_class": {n: float(v) for n, v in zip(classes, ap, strict=True)},
+        "roc_auc_macro": float(np.mean(defined)) if defined else None,
+        "brier": float(np.mean(np.sum((probs - onehot) ** 2, axis=1))),
+        "log_loss": float(-np.mean(log_probs[np.arange(y_true.size), y_true])),
+        "ece": float(ece),
+    }
+
+
+def _average_precision(positive: np.ndarray, score: np.ndarray) -> float:
+    """scikit-learn's ``average_precision_score`` for one class (0 when it has no positive)."""
+    order = np.argsort(-score, kind="mergesort")
+    score, positive = score[order], positive[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(score)), score.size - 1]
+    tps = np.cumsum(positive)[last_of_tie]
+    if tps[-1] == 0:
+        return 0.0
+    precision = tps / (last_of_tie + 1)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def _roc_auc(positive: np.ndarray, score: np.ndarray) -> float | None:
+    """One-vs-rest ROC AUC as the Mann-Whitney statistic with tied scores ranked on average."""
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(score.size)
+    sorted_scores = score[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], score.size]
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + end + 1) / 2  # average of ranks start+1 .. end
+    return float((ranks[positive == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -370,7 +370,12 @@ class RunTracker:
             for key, value in block_metrics.items():
                 if _is_number(value):
                     values[_key(f"{block}_{key}")] = value
-            for source, name in (("f1_per_class", "f1"), ("recall_per_class", "recall")):
+            per_class = (
+                ("f1_per_class", "f1"),
+                ("recall_per_class", "recall"),
+                ("average_precision_per_class", "ap"),
+            )
+            for source, name in per_class:
                 for cls, value in (block_metrics.get(source) or {}).items():
                     if _is_number(value):
                         values[_key(f"{block}_{name}.{cls}")] = value

@@ -21,10 +21,10 @@ from aider_edge.data.loader import to_batch_tensor
 from aider_edge.device import device_info, training_device
 from aider_edge.digest import sha256_file
 from aider_edge.errors import ConfigError
-from aider_edge.metrics import classification_metrics
+from aider_edge.metrics import classification_metrics, probabilistic_metrics
 from aider_edge.model import check_weights
 from aider_edge.progress import Progress, training_bar
-from aider_edge.training import History, RunData, evaluate, fit_summary, images_per_epoch, predict
+from aider_edge.training import History, RunData, fit_summary, images_per_epoch, predict
 from aider_edge.training import train as fit
 
 
@@ -109,10 +109,12 @@ def run(
             "scenario": scenario,
             "method": method,
             **derived,
-            "val": evaluate(model, data.val, batch),
         }
-        test_logits, test_labels = predict(model, data.test, batch)
-        metrics["test"] = classification_metrics(test_labels, test_logits.argmax(1), classes)
+        scored = {"val": predict(model, data.val, batch), "test": predict(model, data.test, batch)}
+        for block, (logits, labels) in scored.items():
+            metrics[block] = classification_metrics(labels, logits.argmax(1), classes)
+            metrics[block] |= probabilistic_metrics(labels, logits, classes)
+        test_logits, test_labels = scored["test"]
         write_plots(out_dir, history, test_labels, test_logits.argmax(1), classes)
         atomic.write_json(out_dir / layout.RUN_METRICS, metrics)
         tracked.log_final(metrics, out_dir)
@@ -137,17 +139,9 @@ def write_plots(
     classes: tuple[str, ...] | list[str],
 ) -> None:
     """The run's DVC plots: ``history.csv``, ``loss.csv`` and ``test_predictions.csv``."""
-    columns = (
-        ["epoch"]
-        + [
-            key
-            for key in history.epochs[0]
-            if key not in ("epoch", *HISTORY_SKIPPED)
-            and isinstance(history.epochs[0][key], float | int)
-        ]
-        if history.epochs
-        else ["epoch"]
-    )
+    first = history.epochs[0] if history.epochs else {}
+    figures = [k for k, v in first.items() if isinstance(v, float | int) and k != "epoch"]
+    columns = ["epoch", *(k for k in figures if k not in HISTORY_SKIPPED)]
     atomic.write_csv(
         out_dir / layout.RUN_HISTORY,
         columns,
