@@ -2,8 +2,10 @@
 
 The selected checkpoint's classifier (PyTorch, fp32) and each ONNX model classify every test
 image; the ONNX models are scored by :class:`aider_edge.edge.runtime.OnnxClassifier`, as the drone
-runs them. Latency: every profile of ``validate.profiles`` through
-:func:`aider_edge.edge.latency.measure_latency`. The gates are :mod:`aider_edge.gates`.
+runs them. The INT8 model is scored again under qemu for each aarch64 profile's emulated CPU
+(:func:`int8_checks`), so that each profile's INT8 gate sees that CPU's kernels. Latency: every
+profile of ``validate.profiles`` through :func:`aider_edge.edge.latency.measure_latency`. The
+gates are :mod:`aider_edge.gates`.
 ``validation/validation.json`` is always written first; then a failure raises
 :class:`ValidationFailed` naming each gate and its figures.
 """
@@ -190,8 +192,8 @@ def run(params: Params, root: Path) -> dict[str, Any]:
             for precision, e in deployed
         },
     }
-    # The deployed model's figures keyed by profile: `dvc metrics show / diff` and `dvc exp show`
-    # drop lists, so the `latency` entries alone are invisible there.
+    # The deployed model's figures keyed by profile: `dvc metrics show / diff` drop lists, so
+    # the `latency` entries alone are invisible there.
     report["latency_by_profile"] = {
         e["profile"]: {
             "precision": precision,
