@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from _machine import cpu_name
-from aider_edge import atomic, layout
+from aider_edge import atomic, gates, layout
 from aider_edge.config import load_params
 from aider_edge.edge.parity import kernel_summary
 from aider_edge.emulation import CACHE_ENV, EmulationError, default_cache, ensure_sysroot
@@ -198,24 +198,21 @@ def int8_gates(
     """The INT8 gate of ``validate`` on each CPU's own kernels: INT8 vs fp32 on that CPU."""
     if len(host["models"]) < 2:
         return []
-    limits = params.validate_
-    gates = []
+    cfg = params.validate_
+    rows = []
     for cpu, result in [("x86_64", host), *arm.items()]:
         fp32, int8 = (np.asarray(m["logits"]) for m in result["models"][:2])
-        g_fp32 = classification_metrics(labels, fp32.argmax(1), classes)["g_mean"]
-        g_int8 = classification_metrics(labels, int8.argmax(1), classes)["g_mean"]
-        agreement = float(np.mean(fp32.argmax(1) == int8.argmax(1)))
-        gates.append(
+        block = gates.parity(fp32, int8, labels, classes, atol=cfg.fp32_atol, rtol=cfg.fp32_rtol)
+        rows.append(
             {
                 "cpu": cpu,
-                "top1_agreement": agreement,
-                "g_mean_fp32": g_fp32,
-                "g_mean_int8": g_int8,
-                "passed": agreement >= limits.int8_min_top1_agreement
-                and g_fp32 - g_int8 <= limits.int8_max_g_mean_drop,
+                "top1_agreement": block["top1_agreement"],
+                "g_mean_fp32": block["g_mean_torch"],
+                "g_mean_int8": block["g_mean_onnx"],
+                "passed": not gates.int8_failures(block, cfg),
             }
         )
-    return gates
+    return rows
 
 
 def compare_predict(host: list[dict], arm: dict[str, list[dict]]) -> list[dict[str, Any]]:

@@ -18,8 +18,10 @@ ENTRY = {"threads": 4, "p50_ms": 10.123, "p90_ms": 12.0, "budget_ms": 100.0, "pa
 VALIDATION = {
     "passed": True,
     "failures": [],
-    "latency": [{"profile": "host", **ENTRY}, {"profile": "raspberry_pi_5", **ENTRY}],
-    "int8": {"latency": [{"profile": "raspberry_pi_5", **ENTRY, "p50_ms": 5.0}]},
+    "latency_by_profile": {
+        "host": {"precision": "fp32", **ENTRY},
+        "raspberry_pi_5": {"precision": "int8", **ENTRY, "p50_ms": 5.0},
+    },
     "deploy": {
         "model": "model.onnx",
         "profiles": {

@@ -61,13 +61,16 @@ def build_bundle(
     """
     model_path, out_dir = Path(model_path), Path(out_dir)
     proto, meta, classes, preprocessing = _read_model(model_path)
-    extras = {name: _read_model(Path(path)) for name, path in (profile_models or {}).items()}
-    for name, (_, _, extra_classes, extra_pre) in extras.items():
+    # bundle file name -> (source, proto, metadata): the default model, then each profile's own
+    models = {MODEL_FILE: (model_path, proto, meta)}
+    for name, source in (profile_models or {}).items():
+        extra_proto, extra_meta, extra_classes, extra_pre = _read_model(Path(source))
         if extra_classes != classes or extra_pre != preprocessing:
             raise BundleError(
-                f"{profile_models and profile_models[name]}: its classes or preprocessing differ "
-                f"from {model_path.name}'s; {EXPORT_HINT}"
+                f"{source}: its classes or preprocessing differ from {model_path.name}'s; "
+                f"{EXPORT_HINT}"
             )
+        models[name] = (Path(source), extra_proto, extra_meta)
     registry = _registry(registry)
     version = str(registry["version"]) if registry else meta.get("model_version", UNREGISTERED)
     manifest: dict[str, Any] = {
@@ -89,11 +92,6 @@ def build_bundle(
     if profiles:
         manifest["profiles"] = profiles
     with atomic.atomic_dir(out_dir) as tmp:
-        models = {MODEL_FILE: (model_path, proto, meta)}
-        models |= {
-            name: (Path(path), extras[name][0], extras[name][1])
-            for name, path in (profile_models or {}).items()
-        }
         for name, (source, model_proto, model_meta) in models.items():
             _write_model(source, model_proto, model_meta, tmp / name, version)
             manifest["files"][name] = sha256_file(tmp / name)
@@ -179,12 +177,12 @@ def build_from_export(
             "pass --allow-unvalidated for a trial bundle"
         )
     name = _choose_model(export_dir, model, validation)
-    extra: dict[str, Path] = {}
-    profiles = profile_models(validation) if model == "auto" else {}
+    profiles = deployed_profiles(validation) if model == "auto" else {}
+    # The default model ships as model.onnx; a profile that runs the other one gets its file.
+    extra = {e["model"]: export_dir / e["model"] for e in profiles.values() if e["model"] != name}
     for entry in profiles.values():
-        if entry["model"] != name:
-            extra[entry["model"]] = export_dir / entry["model"]
-        entry["model"] = MODEL_FILE if entry["model"] == name else entry["model"]
+        if entry["model"] == name:
+            entry["model"] = MODEL_FILE
     return build_bundle(
         export_dir / name,
         out_dir,
@@ -195,7 +193,7 @@ def build_from_export(
     )
 
 
-def profile_models(validation: dict | None) -> dict[str, dict[str, Any]]:
+def deployed_profiles(validation: dict | None) -> dict[str, dict[str, Any]]:
     """{profile: {model (export file name), precision, isa}} of the report's ``deploy.profiles``
     (empty for reports from before per-profile deployment)."""
     validation = validation or {}

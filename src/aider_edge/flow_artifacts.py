@@ -99,25 +99,20 @@ def candidate_rows(selected: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def latency_rows(validation: dict[str, Any]) -> list[dict[str, Any]]:
-    deployed = (validation.get("deploy") or {}).get("profiles") or {}
-    int8 = {e["profile"]: e for e in (validation.get("int8") or {}).get("latency") or []}
-    rows = []
-    for e in validation.get("latency") or []:
-        precision = (deployed.get(e["profile"]) or {}).get("precision", "fp32")
-        entry = int8.get(e["profile"], e) if precision == "int8" else e
-        rows.append(
-            {
-                "profile": e["profile"],
-                "model": precision,
-                "threads": entry["threads"],
-                "p50_ms": _rounded(entry["p50_ms"], 2),
-                "p90_ms": _rounded(entry["p90_ms"], 2),
-                "budget_ms": entry["budget_ms"],
-                "passed": entry["passed"],
-                "estimated": entry.get("estimated", False),
-            }
-        )
-    return rows
+    """One row per profile from validate's ``latency_by_profile`` (the model each one ships)."""
+    return [
+        {
+            "profile": profile,
+            "model": e["precision"],
+            "threads": e["threads"],
+            "p50_ms": _rounded(e["p50_ms"], 2),
+            "p90_ms": _rounded(e["p90_ms"], 2),
+            "budget_ms": e["budget_ms"],
+            "passed": e["passed"],
+            "estimated": e.get("estimated", False),
+        }
+        for profile, e in (validation.get("latency_by_profile") or {}).items()
+    ]
 
 
 def registry_link(tracking_uri: str, model_name: str, version: str) -> str:
@@ -152,7 +147,7 @@ def publish(summary: dict[str, Any], root: Path, tracking_uri: str, model_name: 
             candidate_rows(selected), key=CANDIDATES_KEY, description="select: runs by val G-Mean"
         )
         keys.append(CANDIDATES_KEY)
-    if validation and validation.get("latency"):
+    if validation and validation.get("latency_by_profile"):
         create_table_artifact(
             latency_rows(validation),
             key=LATENCY_KEY,

@@ -197,10 +197,12 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     report["latency_by_profile"] = {
         e["profile"]: {
             "precision": precision,
+            "threads": e["threads"],
             "p50_ms": e["p50_ms"],
             "p90_ms": e["p90_ms"],
             "budget_ms": e["budget_ms"],
             "passed": e["passed"],
+            "estimated": e.get("estimated", False),
         }
         for precision, e in deployed
     }
