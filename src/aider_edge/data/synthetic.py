@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ from PIL import Image
 
 from aider_edge.atomic import atomic_path
 from aider_edge.errors import DataError
+from aider_edge.parallel import die_with_parent
 
 AIDER_CLASSES: tuple[str, ...] = (
     "collapsed_building",
@@ -174,7 +176,12 @@ def _run_tasks(tasks: list[_Task], workers: int) -> Iterator[Path]:
     workers = min(workers, len(tasks))
     chunk = max(1, min(32, len(tasks) // (4 * workers)))
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         yield from pool.map(_write_one, tasks, chunksize=chunk)
 
 
