@@ -38,13 +38,21 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --all-extras
 	touch $@
 
+# The key pair that signs the bundles (`aider-edge keygen`), made once; not when
+# AIDER_EDGE_SIGNING_KEY names a key kept elsewhere.
+SIGNING_KEY := keys/bundle-signing.key
+SIGNING := $(if $(AIDER_EDGE_SIGNING_KEY),,$(SIGNING_KEY))
+
+$(SIGNING_KEY): | $(STAMP)
+	$(BIN)/aider-edge keygen
+
 ## run: the main job on the embedded default: the retraining flow once (DVC stages, registry,
-## promotion, drone bundle in dist/bundle); `dvc repro` alone runs just the stages
-run: setup
+## promotion, signed drone bundle in dist/bundle); `dvc repro` alone runs just the stages
+run: setup $(SIGNING)
 	$(BIN)/python flows/retrain.py
 
 ## serve: the retraining flow on its cron schedule (flow.cron in params.yaml) until stopped
-serve: setup
+serve: setup $(SIGNING)
 	$(BIN)/python flows/retrain.py --serve
 
 ## test: lint, then the whole test suite (the slow integration tests included)

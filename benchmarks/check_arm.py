@@ -40,6 +40,7 @@ from _machine import cpu_name
 from aider_edge import atomic, gates, layout
 from aider_edge.config import load_params
 from aider_edge.edge.parity import kernel_summary
+from aider_edge.edge.signing import project_public_key
 from aider_edge.emulation import CACHE_ENV, EmulationError, default_cache, ensure_sysroot
 from aider_edge.errors import AiderEdgeError
 from aider_edge.metrics import classification_metrics
@@ -89,6 +90,7 @@ def check(root: Path, sample: int, cache: Path, out: Path) -> int:
         listing.write_text("".join(f"{p}\n" for p in images))
         parity_args = ["-m", "aider_edge.edge.parity", *map(str, models), "--images", str(listing)]
         predict_args = ["-m", "aider_edge.cli", "predict", "--bundle", str(bundle), "--logits"]
+        predict_args += ["--trusted-key", str(project_public_key(root))]
         predict_args += [str(p) for p in images]
 
         step(f"x86_64 ({cpu_name()}): {len(models)} model(s) and predict on {len(images)} images")

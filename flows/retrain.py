@@ -64,6 +64,7 @@ from aider_edge.bundling import deployed_model_name
 from aider_edge.config import FlowConfig, Params, load_params
 from aider_edge.data.cache import warm_cache
 from aider_edge.deployment import project_root
+from aider_edge.edge import signing
 from aider_edge.errors import AiderEdgeError
 from aider_edge.workspace_lock import workspace_lock
 
@@ -407,6 +408,8 @@ def retrain(project_dir: str = ".", publish_bundle: bool = True) -> dict[str, An
         uri = tracking.resolve_tracking_uri(params.mlflow, root)
         tracking.check_tracking_server(uri)
         fanout.check_tracking_store(params.flow, uri)
+        if publish_bundle:  # nor a signing key that is missing (`aider-edge keygen`)
+            signing.public_key_of(signing.signing_key_path(params.bundle.signing_key, root))
         stages = dvc_graph.stage_order(root)
         results = sorted(run_waves(root, params), key=lambda r: stages.index(r["stage"]))
         ran = [r["stage"] for r in results if r["ran"]]

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -21,6 +22,7 @@ from PIL import Image
 
 from aider_edge.config import AIDER_CLASSES, Params, parse_params
 from aider_edge.data.records import ImageRecord
+from aider_edge.edge.signing import SIGNING_KEY_ENV, TRUSTED_KEY_ENV, generate_key_pair
 from aider_edge.emulation import CACHE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +84,24 @@ def no_arm64_environment(tmp_path_factory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CACHE_ENV, str(empty))
         yield empty
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private: Path
+    public: Path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_keys(tmp_path_factory) -> Iterator[KeyPair]:
+    """A real Ed25519 key pair for the session, set as the build host's signing key and the
+    drone's trusted key (subprocesses included), as `make run` and a drone have them; tests of
+    the refusals set their own."""
+    private, public = generate_key_pair(tmp_path_factory.mktemp("signing-keys"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SIGNING_KEY_ENV, str(private))
+        patch.setenv(TRUSTED_KEY_ENV, str(public))
+        yield KeyPair(private, public)
 
 
 @pytest.fixture

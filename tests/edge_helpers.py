@@ -8,6 +8,7 @@ a green one ``normal``. That makes predictions checkable by eye, in milliseconds
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,18 @@ def save_model(path: Path, **kwargs) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(tiny_model(**kwargs), str(path))
     return path
+
+
+def write_signed_manifest(bundle_dir: Path, manifest: dict | str) -> None:
+    """Replace a bundle's manifest and sign it with the session's key (conftest's
+    ``signing_keys``): a bad manifest that the trusted key holder signed, which the runtime
+    must still refuse on its contents."""
+    from aider_edge.edge.signing import SIGNATURE_FILE, SIGNING_KEY_ENV, sign_manifest
+
+    data = (manifest if isinstance(manifest, str) else json.dumps(manifest)).encode("utf-8")
+    (bundle_dir / "manifest.json").write_bytes(data)
+    signature = sign_manifest(data, Path(os.environ[SIGNING_KEY_ENV]))
+    (bundle_dir / SIGNATURE_FILE).write_bytes(signature)
 
 
 def solid_image(path: Path, rgb: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> Path:

@@ -14,7 +14,7 @@ from aider_edge import cli
 from aider_edge.bundling import build_bundle, build_from_export
 from aider_edge.digest import sha256_file
 from aider_edge.edge.bundle import BundleError, load_bundle
-from edge_helpers import CLASSES, VALIDATION, save_model, solid_image
+from edge_helpers import CLASSES, VALIDATION, save_model, solid_image, write_signed_manifest
 
 REGISTRY = {
     "model_name": "aider-edge-classifier",
@@ -39,7 +39,8 @@ def ort_metadata(path: Path) -> dict[str, str]:
 
 
 def test_bundle_holds_model_and_manifest_of_the_contract(bundle_dir: Path, model_path: Path):
-    assert sorted(p.name for p in bundle_dir.iterdir()) == ["manifest.json", "model.onnx"]
+    names = ["manifest.json", "manifest.sig", "model.onnx"]
+    assert sorted(p.name for p in bundle_dir.iterdir()) == names
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert {
         "format_version",
@@ -85,6 +86,7 @@ def test_bundle_is_readable_by_other_users(bundle_dir: Path):
     assert bundle_dir.stat().st_mode & 0o777 == 0o755
     assert {p.name: p.stat().st_mode & 0o777 for p in bundle_dir.iterdir()} == {
         "manifest.json": 0o644,
+        "manifest.sig": 0o644,
         "model.onnx": 0o644,
     }
 
@@ -230,8 +232,8 @@ def test_incomplete_bundle_is_refused(bundle_dir: Path):
 
 
 def edit_manifest(bundle_dir: Path, **changes) -> None:
-    path = bundle_dir / "manifest.json"
-    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    write_signed_manifest(bundle_dir, manifest | changes)
 
 
 @pytest.mark.parametrize(
@@ -256,7 +258,7 @@ def test_malformed_manifest_is_refused(bundle_dir: Path, changes: dict, message:
 
 
 def test_manifest_that_is_not_json_is_refused(bundle_dir: Path):
-    (bundle_dir / "manifest.json").write_text("{ not json")
+    write_signed_manifest(bundle_dir, "{ not json")
     with pytest.raises(BundleError, match=r"manifest\.json is not valid JSON"):
         load_bundle(bundle_dir)
 

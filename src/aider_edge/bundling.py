@@ -1,6 +1,7 @@
 """Build the drone bundle from an exported ONNX model (see ``docs/architecture.md``, "The drone bundle").
 
-The bundle is a folder with ``model.onnx`` and ``manifest.json``. The manifest repeats what the
+The bundle is a folder with ``model.onnx``, ``manifest.json`` and the manifest's Ed25519 signature
+``manifest.sig``. The manifest repeats what the
 drone needs from the model's metadata (classes, preprocessing), the sha256 of every file, the
 registry entry the model came from and the validation figures it passed. The folder is written
 atomically and, before it replaces an old one, read back with the edge runtime itself (checksums,
@@ -36,6 +37,13 @@ from aider_edge.edge.bundle import (
     BundleError,
     load_bundle,
 )
+from aider_edge.edge.signing import (
+    SIGNATURE_FILE,
+    Trust,
+    public_key_of,
+    sign_manifest,
+    signing_key_path,
+)
 
 FP32_FILE, INT8_FILE = layout.FP32_FILE, layout.INT8_FILE
 EXPORT_HINT = "re-run `aider-edge export` (or `dvc repro export`)"
@@ -47,6 +55,7 @@ def build_bundle(
     model_path: Path,
     out_dir: Path,
     *,
+    signing_key: Path | None = None,
     validation: dict | None = None,
     registry: dict | None = None,
     profile_models: dict[str, Path] | None = None,
@@ -58,8 +67,13 @@ def build_bundle(
     metadata and the manifest; without it the version stays what export wrote (``unregistered``).
     ``profile_models`` ({bundle file name: model}) adds the models that only some drone profiles
     run, and ``profiles`` ({profile: {model, precision, ...}}) says which file each one runs.
+    ``signing_key`` (an Ed25519 private key, :func:`aider_edge.edge.signing.generate_key_pair`;
+    default ``$AIDER_EDGE_SIGNING_KEY``, else ``keys/bundle-signing.key`` here) signs the manifest
+    into ``manifest.sig``; the bundle is read back against its public key.
     """
     model_path, out_dir = Path(model_path), Path(out_dir)
+    signing_key = signing_key or signing_key_path(layout.SIGNING_KEY, Path.cwd())
+    public_key = public_key_of(signing_key)  # an unusable key stops the build before any work
     proto, meta, classes, preprocessing = _read_model(model_path)
     # bundle file name -> (source, proto, metadata): the default model, then each profile's own
     models = {MODEL_FILE: (model_path, proto, meta)}
@@ -95,13 +109,15 @@ def build_bundle(
         for name, (source, model_proto, model_meta) in models.items():
             _write_model(source, model_proto, model_meta, tmp / name, version)
             manifest["files"][name] = sha256_file(tmp / name)
-        atomic.write_json(tmp / MANIFEST_FILE, manifest)
+        manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
+        (tmp / MANIFEST_FILE).write_bytes(manifest_bytes)
+        (tmp / SIGNATURE_FILE).write_bytes(sign_manifest(manifest_bytes, signing_key))
         # The temporaries are private (0700/0600), but the bundle is copied to drones and into
         # images where another user (the image's uid 10001) reads it: make it world-readable.
         tmp.chmod(0o755)
         for path in tmp.iterdir():
             path.chmod(0o644)
-        _self_check(tmp, model_path)
+        _self_check(tmp, model_path, Trust(public_key))
     return out_dir
 
 
@@ -149,6 +165,7 @@ def build_from_export(
     out_dir: Path,
     *,
     validation_path: Path,
+    signing_key: Path | None = None,
     model: ModelChoice = "auto",
     allow_unvalidated: bool = False,
     registry: dict | None = None,
@@ -186,6 +203,7 @@ def build_from_export(
     return build_bundle(
         export_dir / name,
         out_dir,
+        signing_key=signing_key,
         validation=validation,
         registry=registry,
         profile_models=extra,
@@ -259,12 +277,12 @@ def _registry(registry: dict | None) -> dict | None:
     }
 
 
-def _self_check(folder: Path, model_path: Path) -> None:
+def _self_check(folder: Path, model_path: Path, trust: Trust) -> None:
     """Open the new bundle exactly as the drone will; any complaint stops the build."""
     from aider_edge.edge.runtime import EdgeModel
 
     try:
-        bundle = load_bundle(folder)
+        bundle = load_bundle(folder, trust)
         # One profile per distinct file: each model the drones may run is opened once.
         chosen = {bundle.model_file(name): name for name in bundle.profiles}
         for profile in [None, *(p for f, p in chosen.items() if f != MODEL_FILE)]:

@@ -1,7 +1,8 @@
 """``aider-edge``: a thin dispatch over the stages (:mod:`aider_edge.stages`) and commands.
 
 Only the standard library is imported at start-up: the drone runs ``predict`` and ``bench`` with
-onnxruntime, numpy and Pillow alone, so pipeline commands import their heavy dependencies lazily.
+onnxruntime, numpy, Pillow and cryptography alone, so pipeline commands import their heavy
+dependencies lazily.
 A user-fixable problem (:class:`~aider_edge.errors.AiderEdgeError`) prints one line and exits 2.
 """
 
@@ -20,6 +21,7 @@ from aider_edge.errors import AiderEdgeError
 
 if TYPE_CHECKING:
     from aider_edge.config import Params
+    from aider_edge.edge.signing import Trust
 
 EXIT_FAULT = 1
 EXIT_USER_ERROR = 2
@@ -134,6 +136,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         Path(args.export_dir),
         Path(args.out),
         validation_path=Path(args.validation),
+        signing_key=_signing_key(args),
         model=args.model,
         allow_unvalidated=args.allow_unvalidated,
     )
@@ -142,6 +145,25 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         f"{out}: model {manifest['model_version']} ({manifest['source']['model_file']}), "
         f"sha256 {manifest['files']['model.onnx'][:12]}..."
     )
+    return 0
+
+
+def _signing_key(args: argparse.Namespace) -> Path:
+    """--signing-key, else $AIDER_EDGE_SIGNING_KEY, else params' bundle.signing_key (the shipped
+    default when there is no params file: a bundle needs no pipeline)."""
+    from aider_edge.config import BundleConfig
+    from aider_edge.edge.signing import signing_key_path
+
+    configured = _load(args).bundle if Path(args.params).is_file() else BundleConfig()
+    return signing_key_path(configured.signing_key, Path.cwd(), args.signing_key)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from aider_edge.edge.signing import generate_key_pair, key_id_of
+
+    private, public = generate_key_pair(Path(args.out_dir), force=args.force)
+    print(f"{private}: private key (keep it on the build host; mode 0600)")
+    print(f"{public}: public key {key_id_of(public)} (give it to the drones: --trusted-key)")
     return 0
 
 
@@ -172,8 +194,22 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trust(args: argparse.Namespace) -> Trust:
+    """What predict/bench require of the bundle's signature; an unchecked run says so each time."""
+    from aider_edge.edge.signing import Trust
+
+    if args.allow_unsigned:
+        print(
+            f"aider-edge {args.command}: warning: --allow-unsigned: bundle {args.bundle}'s "
+            "signature is not checked, so anyone who can write it chooses what runs",
+            file=sys.stderr,
+        )
+    return Trust.from_options(args.trusted_key, args.allow_unsigned)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    # aider_edge.edge imports numpy, Pillow and onnxruntime only: this runs on the drone.
+    # aider_edge.edge imports numpy, Pillow and onnxruntime (and cryptography, to check the
+    # bundle's signature) only: this runs on the drone.
     from aider_edge.edge.commands import predict_command
 
     return predict_command(
@@ -183,6 +219,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         logits=args.logits,
         profile=args.profile,
+        trust=_trust(args),
     )
 
 
@@ -197,6 +234,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runs=args.runs,
         warmup=args.warmup,
         out_path=args.out,
+        trust=_trust(args),
     )
     print(json.dumps(report, indent=2))
     # Like predict: non-zero when the measured p90 is over the budget, so a script notices.
@@ -297,8 +335,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="bundle the registered model behind this registry alias (e.g. champion) instead "
         "of export/",
     )
-    bundle.add_argument("--params", default="params.yaml", help="params file, for --alias")
+    bundle.add_argument(
+        "--params", default="params.yaml", help="params file, for --alias and bundle.signing_key"
+    )
+    bundle.add_argument(
+        "--signing-key",
+        help="Ed25519 private key to sign with (default: $AIDER_EDGE_SIGNING_KEY, else "
+        "bundle.signing_key)",
+    )
     bundle.set_defaults(func=cmd_bundle)
+
+    keygen = sub.add_parser(
+        "keygen",
+        help="make the Ed25519 key pair that signs bundles",
+        description="Write bundle-signing.key (private, 0600) and bundle-signing.pub into a "
+        "folder; an existing pair is kept unless --force.",
+    )
+    keygen.add_argument("--out-dir", default=str(layout.KEYS_DIR), help="default: %(default)s")
+    keygen.add_argument("--force", action="store_true", help="replace an existing pair")
+    keygen.set_defaults(func=cmd_keygen)
 
     promote = sub.add_parser(
         "promote",
@@ -327,6 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_positive_int,
         help="intra-op threads (default: predict all cores, bench the profile's)",
+    )
+    on_bundle.add_argument(
+        "--trusted-key",
+        help="public key the bundle's signature must verify against "
+        "(default: $AIDER_EDGE_TRUSTED_KEY)",
+    )
+    on_bundle.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="run a bundle whose signature is missing or not checked (says so on every run)",
     )
 
     predict = sub.add_parser(

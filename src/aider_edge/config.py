@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from aider_edge import layout
 from aider_edge.emulation import CPUS
 from aider_edge.errors import ConfigError
 
@@ -527,6 +528,14 @@ class RegistryConfig(_Section):
         return self
 
 
+class BundleConfig(_Section):
+    """The drone bundle (see :mod:`aider_edge.bundling` and :mod:`aider_edge.edge.signing`)."""
+
+    signing_key: str = str(layout.SIGNING_KEY)
+    """Ed25519 private key that signs every bundle's manifest (relative to the project root);
+    ``AIDER_EDGE_SIGNING_KEY`` overrides it. ``aider-edge keygen`` makes the pair."""
+
+
 class DvcConfig(_Section):
     """How the retraining flow versions what the stages produced."""
 
@@ -600,6 +609,7 @@ class Params(_Section):
     validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
     mlflow: MlflowConfig = MlflowConfig()
     registry: RegistryConfig = RegistryConfig()
+    bundle: BundleConfig = BundleConfig()
     dvc: DvcConfig = DvcConfig()
     flow: FlowConfig = FlowConfig()
 

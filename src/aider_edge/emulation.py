@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from aider_edge.edge.signing import TRUSTED_KEY_ENV
 from aider_edge.errors import AiderEdgeError
 
 DEBIAN_RELEASE = "bookworm"
@@ -128,7 +129,7 @@ class Sysroot:
             "PYTHONPATH": os.pathsep.join([str(self.project_src), str(self.site)]),
             "PYTHONDONTWRITEBYTECODE": "1",
             "LC_ALL": "C.UTF-8",
-        }
+        } | {k: v for k, v in os.environ.items() if k == TRUSTED_KEY_ENV}
 
     def run(self, cpu: str, args: Sequence[str], *, timeout_s: float = 1800) -> str:
         """Run ``python3.11 <args>`` on the emulated ``cpu``; its stdout, or one-line error."""

@@ -57,6 +57,10 @@ VALIDATION = VALIDATION_DIR / "validation.json"
 
 # --- after the stages (the flow, the registry) ------------------------------------------------------
 BUNDLE_DIR = Path("dist/bundle")
+KEYS_DIR = Path("keys")
+"""``aider-edge keygen``'s default folder: the bundle signing key pair (git-ignored)."""
+SIGNING_KEY = KEYS_DIR / "bundle-signing.key"
+PUBLIC_KEY = KEYS_DIR / "bundle-signing.pub"
 FLOW_LOCK = Path(".dvc/tmp/aider-edge-flow.lock")
 
 

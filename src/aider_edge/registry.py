@@ -39,6 +39,9 @@ from typing import Any
 from aider_edge import layout, lineage, tracking
 from aider_edge.config import Params
 from aider_edge.digest import sha256_file
+from aider_edge.edge import signing
+from aider_edge.edge.bundle import BundleError, load_bundle
+from aider_edge.edge.signing import Trust
 from aider_edge.errors import AiderEdgeError
 
 log = logging.getLogger(__name__)
@@ -553,14 +556,14 @@ def publish_bundle(params: Params, root: Path, alias: str, out_dir: Path) -> dic
         )
     out_dir = Path(out_dir)
     result = {"path": str(out_dir), "version": str(mv.version), "run_id": mv.run_id, "alias": alias}
-    manifest = out_dir / "manifest.json"
-    with contextlib.suppress(OSError, ValueError):
-        current = json.loads(manifest.read_text(encoding="utf-8"))
-        registry = current.get("registry") or {}
+    signing_key = signing.signing_key_path(params.bundle.signing_key, root)
+    trust = Trust(signing.public_key_of(signing_key))
+    # Up to date only if the drone would accept it as it is: intact, signed with today's key.
+    with contextlib.suppress(BundleError, OSError):
+        current = load_bundle(out_dir, trust)
         if (
-            str(current.get("model_version")) == str(mv.version)
-            and registry.get("model_name") == name
-            and sha256_file(out_dir / ONNX_FILE) == current.get("files", {}).get(ONNX_FILE)
+            current.model_version == str(mv.version)
+            and (current.manifest.get("registry") or {}).get("model_name") == name
         ):
             return result | {"skipped": True}
     with tempfile.TemporaryDirectory(prefix="aider-edge-bundle-") as tmp:
@@ -569,6 +572,7 @@ def publish_bundle(params: Params, root: Path, alias: str, out_dir: Path) -> dic
         build_bundle(
             path,
             out_dir,
+            signing_key=signing_key,
             validation=validation,
             registry={
                 "model_name": name,

@@ -120,7 +120,7 @@ def test_clean_venv_holds_exactly_the_edge_dependencies(edge_venv: Path):
     )
     installed = {n.lower().replace("_", "-") for n in json.loads(listing.stdout)}
     expected = base_requirements() | {"aider-edge"}
-    assert {"numpy", "pillow", "onnxruntime"} <= expected
+    assert {"numpy", "pillow", "onnxruntime", "cryptography"} <= expected
     assert installed == expected
     assert not installed & {"torch", "torchvision", "mlflow", "onnx", "dvc", "prefect"}
     # A real install, not a link back to this checkout.

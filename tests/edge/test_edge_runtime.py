@@ -23,7 +23,7 @@ from aider_edge.edge.preprocess import load_frame, resize_frame, to_model_input
 from aider_edge.edge.runtime import EdgeModel, softmax
 from aider_edge.errors import AiderEdgeError
 from contracts import LATENCY_ENTRY_KEYS
-from edge_helpers import CLASSES, VALIDATION, save_model, solid_image
+from edge_helpers import CLASSES, VALIDATION, save_model, solid_image, write_signed_manifest
 
 SIZE = 32
 MAX_PIXELS = 40_000_000
@@ -217,15 +217,15 @@ def test_uint8_bundle_predicts_like_the_float_bundle(
 def test_model_that_disagrees_with_its_manifest_is_refused(tmp_path: Path, bundle_dir: Path):
     manifest_path = bundle_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest_path.write_text(json.dumps(manifest | {"classes": manifest["classes"][::-1]}))
+    write_signed_manifest(bundle_dir, manifest | {"classes": manifest["classes"][::-1]})
     with pytest.raises(BundleError, match=r"class names in model\.onnx differ from manifest\.json"):
         EdgeModel.from_dir(bundle_dir)
     manifest["preprocessing"]["layout"] = "NHWC_uint8"
-    manifest_path.write_text(json.dumps(manifest))
+    write_signed_manifest(bundle_dir, manifest)
     with pytest.raises(BundleError, match=r"layout NHWC_uint8 needs a tensor\(uint8\) input"):
         EdgeModel.from_dir(bundle_dir)
     manifest["preprocessing"] |= {"layout": "NCHW_float32_normalized", "input_size": 64}
-    manifest_path.write_text(json.dumps(manifest))
+    write_signed_manifest(bundle_dir, manifest)
     with pytest.raises(BundleError, match=r"input shape \['N', 3, 32, 32\] does not match"):
         EdgeModel.from_dir(bundle_dir)
 
@@ -238,7 +238,7 @@ def test_model_onnxruntime_cannot_load_is_refused(bundle_dir: Path):
     manifest_path = bundle_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["files"]["model.onnx"] = sha256_file(bundle_dir / "model.onnx")
-    manifest_path.write_text(json.dumps(manifest))
+    write_signed_manifest(bundle_dir, manifest)
     with pytest.raises(BundleError, match=r"onnxruntime cannot load model\.onnx \(.+\); rebuild"):
         EdgeModel.from_dir(bundle_dir)
 

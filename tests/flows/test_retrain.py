@@ -25,7 +25,10 @@ import mlflow
 import pytest
 import yaml
 
-from aider_edge import dvc_graph, layout
+from aider_edge import dvc_graph, layout, registry
+from aider_edge.config import load_params
+from aider_edge.edge.bundle import load_bundle
+from aider_edge.edge.signing import SIGNING_KEY_ENV, Trust, generate_key_pair, key_id_of
 from aider_edge.errors import AiderEdgeError
 from aider_edge.workspace_lock import WorkspaceBusy, workspace_lock
 from conftest import REPO_ROOT, TINY_PROFILES, edit_params, flow_module, make_project, run_command
@@ -150,6 +153,16 @@ def test_unreachable_tracking_server_stops_before_any_stage(retrain, project, en
     assert not (project / "data/raw").exists()
 
 
+def test_a_missing_signing_key_stops_before_any_stage(retrain, project, env, tmp_path):
+    missing = tmp_path / "keys" / "bundle-signing.key"
+    with (
+        mock.patch.dict(os.environ, {SIGNING_KEY_ENV: str(missing)}),
+        pytest.raises(AiderEdgeError, match=r"cannot read the signing key .* aider-edge keygen"),
+    ):
+        retrain.retrain(project_dir=str(project))
+    assert not (project / "data/raw").exists()
+
+
 def test_a_failed_flow_prints_its_own_line_and_no_traceback(retrain, project):
     """``python flows/retrain.py`` as a user runs it: Prefect's tracebacks stay off the console."""
     from prefect.settings import PREFECT_API_URL
@@ -206,7 +219,7 @@ def test_a_second_run_on_a_busy_workspace_stops_or_waits(retrain, project, env):
 # --- the retraining history -------------------------------------------------------------------
 
 
-def test_first_run_trains_registers_promotes_and_publishes(retrain, project, env):
+def test_first_run_trains_registers_promotes_and_publishes(retrain, project, env, signing_keys):
     summary = retrain.retrain(project_dir=str(project))
 
     stages = dvc_graph.stage_order(project)
@@ -221,6 +234,8 @@ def test_first_run_trains_registers_promotes_and_publishes(retrain, project, env
     assert summary["promotion"]["decision"] == "promoted"
     assert champion(project) == "1" and bundle_version(project) == "1"
     assert summary["bundle"]["skipped"] is False
+    # signed with the build host's key (the session's, conftest), which the drone trusts
+    assert load_bundle(project / "dist/bundle").signer == key_id_of(signing_keys.public)
 
     # data versioning: dvc.lock committed, the outputs pushed, lineage on the version
     assert run_command(["git", "status", "--porcelain", "dvc.lock"], project).stdout == ""
@@ -320,6 +335,18 @@ def test_a_failing_gate_fails_the_flow_and_moves_nothing(retrain, project, env):
     assert versions(project) == ["1", "2"] and champion(project) == "1"
     assert bundle_version(project) == "1"
     edit_params(project, {"validate": {"profiles": profiles}})
+
+
+def test_a_new_signing_key_re_signs_the_published_bundle(project, env, tmp_path):
+    params = load_params(project / "params.yaml")
+    again = registry.publish_bundle(params, project, "champion", project / "dist/bundle")
+    assert again["skipped"] is True  # same version, intact, signed by today's key
+    private, public = generate_key_pair(tmp_path / "rotated")
+    with mock.patch.dict(os.environ, {SIGNING_KEY_ENV: str(private)}):
+        rotated = registry.publish_bundle(params, project, "champion", project / "dist/bundle")
+    assert rotated["skipped"] is False
+    assert load_bundle(project / "dist/bundle", Trust(public)).signer == key_id_of(public)
+    registry.publish_bundle(params, project, "champion", project / "dist/bundle")  # back
 
 
 def test_promote_by_hand_then_roll_back(retrain, project, env):

@@ -48,12 +48,14 @@ from typing import NoReturn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _machine: the machine description every result has
 from _machine import cpu_name  # noqa: E402
+from aider_edge.edge.signing import project_public_key  # noqa: E402
 
 CACHE = ROOT / ".cache" / "image"
 STORAGE = CACHE / "storage"  # buildah --root: images and layers
 RUNROOT = CACHE / "run"  # buildah --runroot: locks and container state
 ROOTFS = CACHE / "debootstrap-bookworm"  # the bootstrapped Debian, kept to rebuild the base cheaply
 RESULTS = ROOT / "benchmarks" / "results"
+IMAGE_TRUSTED_KEY = "/etc/aider-edge/trusted.pub"  # the Dockerfile's AIDER_EDGE_TRUSTED_KEY
 
 DEBIAN_RELEASE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -384,6 +386,9 @@ def check_image(bundle: Path, frames: Path, config: dict) -> dict:
     buildah("from", "--pull=never", "--name", name, IMAGE)
     run = ["run", "--isolation", "chroot"]
     mounts = ["-v", f"{bundle.resolve()}:/bundle:ro", "-v", f"{frames.resolve()}:/frames:ro"]
+    # The drone's trusted key, where the image's AIDER_EDGE_TRUSTED_KEY points.
+    trusted = project_public_key(ROOT).resolve()
+    mounts += ["-v", f"{trusted}:{IMAGE_TRUSTED_KEY}:ro"]
     try:
         # `buildah run` runs the command it is given, so give it the entry point and default
         # argument from the image config, with --logits for the comparison with the host.
@@ -399,7 +404,10 @@ def check_image(bundle: Path, frames: Path, config: dict) -> dict:
         predict_s = time.perf_counter() - started
         host_bin = Path(sys.executable).parent / "aider-edge"
         host_run = subprocess.run(
-            [str(host_bin), "predict", "--bundle", str(bundle), "--logits", str(frames)],
+            [
+                *(str(host_bin), "predict", "--bundle", str(bundle)),
+                *("--trusted-key", str(trusted), "--logits", str(frames)),
+            ],
             stdout=subprocess.PIPE,
             text=True,
             check=False,

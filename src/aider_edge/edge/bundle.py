@@ -1,7 +1,8 @@
 """Read a drone bundle and prove it is complete and untouched before anything is loaded from it.
 
-A bundle is a folder holding ``model.onnx`` and ``manifest.json``. The manifest lists every file
-with its sha256, the class names, the preprocessing and the model version (see ``docs/architecture.md``).
+A bundle is a folder holding ``model.onnx``, ``manifest.json`` and its signature ``manifest.sig``.
+The manifest lists every file with its sha256, the class names, the preprocessing and the model
+version (see ``docs/architecture.md``).
 Where ``validate`` deployed INT8 to some drone profiles only, the bundle also holds
 ``model.int8.onnx`` and the manifest's ``profiles`` says which file each profile runs
 (``--profile NAME``); ``model.onnx`` is what runs when no profile is named.
@@ -10,8 +11,11 @@ without a manifest, a manifest that does not parse or misses a key, a listed fil
 (an interrupted copy) or whose checksum differs (a corrupted or altered file). Files that the
 manifest does not list are ignored: nothing reads them.
 
-The checksums catch accidents and naive edits, not an attacker who rewrites the manifest too; a
-signature over the manifest would be the next step for that.
+The checksums catch accidents; the Ed25519 signature over the manifest (``manifest.sig``, see
+:mod:`aider_edge.edge.signing`) catches someone who rewrites the manifest too. A bundle runs only
+when its signature verifies against the one public key the drone trusts (``--trusted-key`` /
+``$AIDER_EDGE_TRUSTED_KEY``), unless the caller allows unsigned bundles explicitly. The signature
+is checked on the manifest's bytes before anything in it is believed.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from typing import Any
 
 from aider_edge.contract import ContractError, Preprocessing, checked_preprocessing
 from aider_edge.digest import sha256_file
+from aider_edge.edge import signing
+from aider_edge.edge.signing import MANIFEST_FILE, SIGNATURE_FILE, SigningError, Trust
 from aider_edge.errors import AiderEdgeError
 
-MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 FORMAT_VERSION = 1
 REBUILD_HINT = "rebuild it with `aider-edge bundle` and copy it again"
@@ -45,6 +50,10 @@ class Bundle:
 
     profiles: dict[str, dict[str, str]]
     """Per drone profile, the file it runs and its precision (may be empty: ``model.onnx``)."""
+
+    signer: str | None
+    """Key id of the trusted key the manifest's signature verified against; None when the
+    signature was not checked (``allow_unsigned``)."""
 
     @property
     def model_path(self) -> Path:
@@ -67,8 +76,12 @@ class Bundle:
         return self.profiles[profile]["model"]
 
 
-def load_bundle(root: str | Path) -> Bundle:
-    """Parse ``root/manifest.json`` and verify every listed file's checksum."""
+def load_bundle(root: str | Path, trust: Trust | None = None) -> Bundle:
+    """Verify ``root/manifest.json``'s signature, parse it and verify every listed file's checksum.
+
+    ``trust`` defaults to :meth:`Trust.from_options` with no option given: the key named by
+    ``$AIDER_EDGE_TRUSTED_KEY``, signature required.
+    """
     root = Path(root)
     if not root.is_dir():
         raise BundleError(
@@ -77,8 +90,10 @@ def load_bundle(root: str | Path) -> Bundle:
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise BundleError(f"{root} is not a bundle: no {MANIFEST_FILE} in it; {REBUILD_HINT}")
+    manifest_bytes = manifest_path.read_bytes()  # checked and parsed from the same bytes
+    signer = _verified_signer(root, manifest_bytes, trust or Trust.from_options(None))
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(manifest_bytes.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path} is not valid JSON ({exc}); {REBUILD_HINT}") from None
     if not isinstance(manifest, dict):
@@ -98,7 +113,36 @@ def load_bundle(root: str | Path) -> Bundle:
         preprocessing=_preprocessing(manifest, manifest_path),
         model_version=_string(manifest, "model_version", manifest_path),
         profiles=_profiles(manifest, files, manifest_path),
+        signer=signer,
     )
+
+
+def _verified_signer(root: Path, manifest_bytes: bytes, trust: Trust) -> str | None:
+    if trust.allow_unsigned:
+        return None
+    if trust.public_key is None:
+        raise BundleError(
+            f"no trusted public key to check bundle {root}'s signature: pass --trusted-key "
+            f"{signing.PUBLIC_KEY_FILE} or set {signing.TRUSTED_KEY_ENV} (or --allow-unsigned "
+            "to run it unchecked)"
+        )
+    signature_path = root / SIGNATURE_FILE
+    if not signature_path.is_file():
+        raise BundleError(
+            f"bundle {root} is not signed (no {SIGNATURE_FILE}): rebuild it with "
+            "`aider-edge bundle`, which signs it, or pass --allow-unsigned to run it unchecked"
+        )
+    try:
+        return signing.verify_manifest(
+            manifest_bytes,
+            signature_path.read_bytes(),
+            trust.public_key
+            if isinstance(trust.public_key, bytes)
+            else signing.read_trusted_key(trust.public_key),
+            where=root,
+        )
+    except SigningError as exc:
+        raise BundleError(str(exc)) from None
 
 
 def verify_files(root: Path, files: dict[str, str]) -> None:

@@ -23,6 +23,7 @@ from aider_edge import atomic
 from aider_edge.edge.bundle import Bundle, BundleError, load_bundle
 from aider_edge.edge.preprocess import DEFAULT_MAX_PIXELS, ImageRejected, is_image_name, load_frame
 from aider_edge.edge.runtime import EdgeModel, default_threads
+from aider_edge.edge.signing import Trust
 from aider_edge.errors import AiderEdgeError
 
 EXIT_OK = 0
@@ -41,16 +42,18 @@ def predict_command(
     logits: bool = False,
     out: TextIO | None = None,
     profile: str | None = None,
+    trust: Trust | None = None,
 ) -> int:
     """Classify every image named in ``inputs`` (files, or folders searched recursively).
 
     ``logits`` adds the model's raw output to each line (for parity checks across machines);
-    ``profile`` runs that drone profile's model (INT8 where validate deployed it there).
+    ``profile`` runs that drone profile's model (INT8 where validate deployed it there);
+    ``trust`` says which key the bundle's signature must verify against (see :func:`load_bundle`).
 
     Returns :data:`EXIT_OK` when every image was classified, :data:`EXIT_SOME_FAILED` otherwise.
     """
     out = out or sys.stdout
-    model = EdgeModel.from_dir(bundle_dir, threads, profile)
+    model = EdgeModel.from_dir(bundle_dir, threads, profile, trust)
     size = model.input_size
     failed = 0
     for path, problem in iter_images(inputs):
@@ -136,6 +139,7 @@ def bench_command(
     runs: int = 200,
     warmup: int = 20,
     out_path: str | Path | None = None,
+    trust: Trust | None = None,
 ) -> dict[str, Any]:
     """Measure the bundle's model where this runs and write the latency report (atomically).
 
@@ -146,7 +150,7 @@ def bench_command(
     # latency.py belongs to validate; it imports only numpy, onnxruntime and the stdlib.
     from aider_edge.edge.latency import LatencyError, LatencyProfile, measure_latency
 
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir, trust)
     name, prof_threads, prof_budget = _profile(bundle, profile, threads, budget_ms)
     model_file = bundle.model_file(profile)
     try:
@@ -163,6 +167,8 @@ def bench_command(
         "model_version": bundle.model_version,
         "model_file": model_file,
         "model_sha256": bundle.manifest["files"][model_file],
+        # The key the manifest's signature verified against; null when run with --allow-unsigned.
+        "signed_by": bundle.signer,
         "registry": bundle.manifest.get("registry"),
         "device": _device(),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -27,6 +27,7 @@ from aider_edge.contract import (
 )
 from aider_edge.edge.bundle import REBUILD_HINT, Bundle, BundleError, load_bundle
 from aider_edge.edge.preprocess import to_model_input
+from aider_edge.edge.signing import Trust
 
 DEFAULT_BATCH = 64
 
@@ -104,9 +105,13 @@ class EdgeModel:
 
     @classmethod
     def from_dir(
-        cls, root: str | Path, threads: int | None = None, profile: str | None = None
+        cls,
+        root: str | Path,
+        threads: int | None = None,
+        profile: str | None = None,
+        trust: Trust | None = None,
     ) -> EdgeModel:
-        return cls(load_bundle(root), threads, profile)
+        return cls(load_bundle(root, trust), threads, profile)
 
     @property
     def classes(self) -> tuple[str, ...]:
