@@ -157,7 +157,7 @@ def test_a_missing_signing_key_stops_before_any_stage(retrain, project, env, tmp
     missing = tmp_path / "keys" / "bundle-signing.key"
     with (
         mock.patch.dict(os.environ, {SIGNING_KEY_ENV: str(missing)}),
-        pytest.raises(AiderEdgeError, match=r"cannot read the signing key .* aider-edge keygen"),
+        pytest.raises(AiderEdgeError, match=r"cannot read the signing key .*`aider-edge keygen`"),
     ):
         retrain.retrain(project_dir=str(project))
     assert not (project / "data/raw").exists()
