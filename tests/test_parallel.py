@@ -57,6 +57,25 @@ def alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent's wait is missing
 
 
+def pool_workers(parent: subprocess.Popen, deadline: float) -> set[int]:
+    """The parent's pool workers once two have started (the spawn pool's resource tracker aside)."""
+    workers: set[int] = set()
+    while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.2)
+        workers = {c for c in children(parent.pid) if "resource_tracker" not in _cmdline(c)}
+    return workers
+
+
+def kill_and_survivors(parent: subprocess.Popen, workers: set[int]) -> list[int]:
+    """SIGKILL the parent; the workers still alive 10 s later."""
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [w for w in workers if alive(w)]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux")
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the pools start workers on 2+ cores only")
 @pytest.mark.parametrize("script", [HASHING_POOL, SYNTHETIC_POOL], ids=["hashing", "synthetic"])
@@ -68,20 +87,10 @@ def test_killing_the_parent_with_sigkill_takes_its_workers_with_it(script, tmp_p
     )
     workers: set[int] = set()
     try:
-        deadline = time.monotonic() + 60
-        while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
-            time.sleep(0.2)
-            # the spawn pool also runs a resource tracker; the workers are the rest
-            workers = {c for c in children(parent.pid) if "resource_tracker" not in _cmdline(c)}
+        workers = pool_workers(parent, time.monotonic() + 60)
         assert len(workers) >= 2, parent.stderr.read().decode() if parent.poll() else workers
         time.sleep(1.0)  # the workers have run their initializer and are busy
-
-        os.kill(parent.pid, signal.SIGKILL)
-        parent.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while any(alive(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [w for w in workers if alive(w)], "workers outlived their killed parent"
+        assert not kill_and_survivors(parent, workers), "workers outlived their killed parent"
     finally:  # a failed run must not leave its workers rendering on
         parent.kill()
         for w in workers:
@@ -113,19 +122,12 @@ def test_ingest_killed_mid_run_leaves_no_worker_and_the_next_run_no_scratch(tmp_
     workers: set[int] = set()
     try:
         deadline = time.monotonic() + 60
-        while len(workers) < 2 and time.monotonic() < deadline and ingest.poll() is None:
-            time.sleep(0.2)
-            workers = {c for c in children(ingest.pid) if "resource_tracker" not in _cmdline(c)}
+        workers = pool_workers(ingest, deadline)
         assert len(workers) >= 2
         while not list((tmp_path / "data").glob(".source-*/*/*.png")):
             assert time.monotonic() < deadline, "no image rendered within a minute"
             time.sleep(0.2)  # the workers render into the workspace
-        os.kill(ingest.pid, signal.SIGKILL)
-        ingest.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while any(alive(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [w for w in workers if alive(w)]
+        assert not kill_and_survivors(ingest, workers)
     finally:
         ingest.kill()
         for w in workers:
