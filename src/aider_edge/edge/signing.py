@@ -77,8 +77,12 @@ def project_public_key(root: Path) -> Path:
     return Path(os.environ.get(TRUSTED_KEY_ENV) or Path(root) / layout.PUBLIC_KEY)
 
 
-def key_id(public_key_raw: bytes) -> str:
-    return hashlib.sha256(public_key_raw).hexdigest()[:16]
+def key_id(public_key: Any) -> str:
+    """First 16 hex digits of the sha256 of an Ed25519 public key's raw 32 bytes."""
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def generate_key_pair(out_dir: Path, *, force: bool = False) -> tuple[Path, Path]:
@@ -117,15 +121,11 @@ def generate_key_pair(out_dir: Path, *, force: bool = False) -> tuple[Path, Path
 
 def sign_manifest(manifest_bytes: bytes, private_key_path: Path) -> bytes:
     """The ``manifest.sig`` content for these manifest bytes."""
-    from cryptography.hazmat.primitives import serialization
 
     key = _load_private_key(private_key_path)
-    raw_public = key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
     signature = {
         "algorithm": ALGORITHM,
-        "key_id": key_id(raw_public),
+        "key_id": key_id(key.public_key()),
         "signature": base64.b64encode(key.sign(manifest_bytes)).decode("ascii"),
     }
     return (json.dumps(signature, indent=2) + "\n").encode("utf-8")
@@ -136,7 +136,7 @@ def key_id_of(public_key_path: Path) -> str:
     from cryptography.hazmat.primitives import serialization
 
     key = serialization.load_pem_public_key(Path(public_key_path).read_bytes())
-    return key_id(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    return key_id(key)
 
 
 def public_key_of(private_key_path: Path) -> bytes:
@@ -163,9 +163,7 @@ def verify_manifest(
         raise SigningError(f"the trusted key is not a PEM public key; {KEYGEN_HINT}") from None
     if not isinstance(trusted, Ed25519PublicKey):
         raise SigningError(f"the trusted key is not an Ed25519 public key; {KEYGEN_HINT}")
-    trusted_id = key_id(
-        trusted.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    )
+    trusted_id = key_id(trusted)
     entry = _signature_entry(signature_bytes)
     if entry is None:
         raise SigningError(
