@@ -24,6 +24,7 @@ def write_run(
     f1_variance: float = 0.01,
     accuracy: float = 0.5,
     test_g_mean: float = 0.5,
+    split_fingerprint: str = "splits-of-today",
 ) -> None:
     run = root / "models" / f"{scenario}-{method}"
     run.mkdir(parents=True, exist_ok=True)
@@ -33,6 +34,7 @@ def write_run(
         {
             "scenario": scenario,
             "method": method,
+            "split_fingerprint": split_fingerprint,
             "val": block,
             # The test block is deliberately the opposite ranking: select must never read it.
             "test": {"accuracy": 1 - accuracy, "g_mean": test_g_mean, "f1_variance": 0.0},
@@ -141,3 +143,15 @@ def test_a_killed_selects_temporary_is_gone_at_the_next_run(tmp_path):
     stale.write_text("{")  # a select killed while writing
     select(small_params(train={"scenarios": ["s1"]}), tmp_path)
     assert sorted(p.name for p in stale.parent.iterdir()) == ["selected.json"]
+
+
+def test_runs_of_different_splits_are_not_compared(tmp_path):
+    write_run(tmp_path, "s1", "baseline", g_mean=0.60)
+    write_run(tmp_path, "s1", "adaptive", g_mean=0.75)
+    write_run(tmp_path, "s2", "baseline", g_mean=0.75, split_fingerprint="splits-of-last-week")
+    write_run(tmp_path, "s2", "adaptive", g_mean=0.70)
+    with pytest.raises(
+        SelectionError, match=r"runs s1-baseline and s2-baseline were trained on different splits"
+    ):
+        select(two_by_two(), tmp_path)
+    assert not (tmp_path / "selection" / "selected.json").exists()

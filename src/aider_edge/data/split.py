@@ -23,6 +23,7 @@ import numpy as np
 
 from aider_edge import atomic
 from aider_edge.config import ExponentialProfile, Params, ScenarioSpec, StepProfile
+from aider_edge.data.provenance import FINGERPRINT_KEY, split_fingerprint
 from aider_edge.data.records import ImageRecord, read_records, write_records
 from aider_edge.errors import DataError
 from aider_edge.imbalance import imbalance_sigma
@@ -122,21 +123,29 @@ def plan_splits(pool: list[ImageRecord], params: Params) -> SplitPlan:
     )
 
 
-def write_splits(plan: SplitPlan, out_dir: Path, seed: int) -> None:
-    """Write every split file and ``summary.json`` as one atomic directory swap."""
+def write_splits(
+    plan: SplitPlan, out_dir: Path, seed: int, fingerprint: dict[str, str] | None = None
+) -> None:
+    """Write every split file and ``summary.json`` as one atomic directory swap.
+
+    ``fingerprint``: the pool and params the plan was cut from (:mod:`aider_edge.data.provenance`).
+    """
     with atomic.atomic_dir(out_dir) as tmp:
         for name, records in plan.train.items():
             write_records(tmp / f"train_{name}.csv", records)
         write_records(tmp / "val.csv", plan.val)
         write_records(tmp / "test.csv", plan.test)
-        atomic.write_json(tmp / "summary.json", plan.summary(seed))
+        summary = plan.summary(seed)
+        if fingerprint is not None:
+            summary[FINGERPRINT_KEY] = fingerprint
+        atomic.write_json(tmp / "summary.json", summary)
 
 
 def run_split(params: Params, manifest: Path, out_dir: Path) -> SplitPlan:
     """The ``split`` stage: read the pool's manifest, plan, check, then write."""
     pool = read_records(manifest)
     plan = plan_splits(pool, params)
-    write_splits(plan, out_dir, params.seed)
+    write_splits(plan, out_dir, params.seed, split_fingerprint(params, manifest))
     return plan
 
 

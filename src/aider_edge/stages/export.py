@@ -24,7 +24,7 @@ from aider_edge.config import ExportConfig, Params
 from aider_edge.data.cache import DecodedSplit, workspace_cache
 from aider_edge.export import graph, int8, onnx_export
 from aider_edge.export.checkpoint import load_classifier, model_inputs
-from aider_edge.stages.select import read_selected
+from aider_edge.stages.select import check_selected_current, read_selected
 
 REWRITE_ATOL = 1e-5  # summation order may differ between the two kernels; argmax must not
 
@@ -35,6 +35,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     atomic.remove_stale_temporaries(root / layout.EXPORT_DIR)
     cfg = params.export
     selected = read_selected(root)
+    check_selected_current(params, root, selected)
     classifier = load_classifier(params, root / selected["checkpoint"])
     size = params.data.image_size
     proto = onnx_export.export_onnx(

@@ -12,7 +12,11 @@ from typing import Any
 
 from aider_edge import atomic, layout
 from aider_edge.config import Params
+from aider_edge.data.provenance import check_splits_current
 from aider_edge.selection import SelectionError, candidate_runs, rank_candidates
+
+SPLIT_FINGERPRINT = "split_fingerprint"
+"""``metrics.json``'s key: the fingerprint of the splits a run trained on."""
 
 SELECTED_KEYS = ("scenario", "method", "run_id", "checkpoint")
 """Keys of ``selected.json`` that export and validate read."""
@@ -41,6 +45,7 @@ def read_candidate(root: Path, scenario: str, method: str) -> dict[str, Any]:
             "val_g_mean": val["g_mean"],
             "val_f1_variance": val["f1_variance"],
             "val_accuracy": val["accuracy"],
+            SPLIT_FINGERPRINT: metrics[SPLIT_FINGERPRINT],
         }
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise SelectionError(
@@ -49,11 +54,44 @@ def read_candidate(root: Path, scenario: str, method: str) -> dict[str, Any]:
         ) from None
 
 
+def check_same_splits(candidates: list[dict[str, Any]]) -> None:
+    """Runs trained on different splits (another pool, other split params) are not comparable."""
+    first = candidates[0]
+    for other in candidates[1:]:
+        if other[SPLIT_FINGERPRINT] != first[SPLIT_FINGERPRINT]:
+            names = [layout.run_name(c["scenario"], c["method"]) for c in (first, other)]
+            raise SelectionError(
+                f"runs {names[0]} and {names[1]} were trained on different splits (the pool or "
+                "the split params changed between them): re-train the stale runs with "
+                "`dvc repro` (or `aider-edge train` after `aider-edge split`)"
+            )
+
+
+def check_selected_current(params: Params, root: Path, selected: dict[str, Any]) -> None:
+    """The selected run trained on today's splits, else one line saying which to re-run."""
+    current = check_splits_current(params, root)
+    name = layout.run_name(selected["scenario"], selected["method"])
+    metrics_path = Path(root) / layout.run_dir(selected["scenario"], selected["method"])
+    try:
+        metrics = json.loads((metrics_path / layout.RUN_METRICS).read_text(encoding="utf-8"))
+        trained_on = metrics[SPLIT_FINGERPRINT]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        trained_on = None
+    if trained_on != current:
+        raise SelectionError(
+            f"the selected run {name} was trained on other splits than {layout.SPLITS_DIR} holds "
+            f"now: re-train and re-select with `dvc repro` (or `aider-edge train "
+            f"--scenario {selected['scenario']} --method {selected['method']}`, then `select`)"
+        )
+
+
 def run(params: Params, root: Path) -> dict[str, Any]:
     """Rank the candidate runs and write ``selection/selected.json``."""
     root = Path(root)
     atomic.remove_stale_temporaries(root / layout.SELECTION_DIR)
-    ranked = rank_candidates([read_candidate(root, s, m) for s, m in candidate_runs(params)])
+    candidates = [read_candidate(root, s, m) for s, m in candidate_runs(params)]
+    check_same_splits(candidates)
+    ranked = rank_candidates(candidates)
     best = ranked[0]
     selected = {
         "scenario": best["scenario"],

@@ -30,7 +30,7 @@ from aider_edge.edge.parity import kernel_summary
 from aider_edge.edge.runtime import OnnxClassifier
 from aider_edge.emulation import EmulationError
 from aider_edge.errors import AiderEdgeError
-from aider_edge.stages.select import read_selected
+from aider_edge.stages.select import check_selected_current, read_selected
 
 HOST_ISA = platform.machine()
 
@@ -131,6 +131,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     atomic.remove_stale_temporaries(root / layout.VALIDATION_DIR)
     cfg = params.validate_
     selected = read_selected(root)
+    check_selected_current(params, root, selected)
     fp32_path, int8_path = root / layout.FP32_MODEL, root / layout.INT8_MODEL
     fp32_model = open_model(fp32_path, params)
     int8_model = open_model(int8_path, params) if int8_path.is_file() else None
