@@ -66,6 +66,7 @@ from aider_edge.data.cache import warm_cache
 from aider_edge.deployment import project_root
 from aider_edge.edge import signing
 from aider_edge.errors import AiderEdgeError
+from aider_edge.stages import split as split_stage
 from aider_edge.workspace_lock import workspace_lock
 
 if __name__ != "__main__" and __name__ in sys.modules:
@@ -392,6 +393,20 @@ def close_killed_flow_run(flow_run_id: str) -> None:
             )
 
 
+def check_split_params(root: Path, params: Params) -> None:
+    """A split params error (a scenario that gives a class no image) before any stage runs: found
+    by the stage, it would come after DVC deleted ``data/splits``. Checked against today's pool,
+    so only when ingest will not change it."""
+    if not (root / layout.MANIFEST).is_file():
+        return
+    if (
+        "ingest" in dvc_graph.stage_order(root)
+        and dvc_graph.stage_changes(root, ["ingest"])["ingest"]
+    ):
+        return
+    split_stage.check_plan(params, root)
+
+
 @flow(name=FLOW_NAME)
 def retrain(project_dir: str = ".", publish_bundle: bool = True) -> dict[str, Any]:
     """Run the DVC stages, version the data, register, promote and publish (see the module doc)."""
@@ -410,6 +425,7 @@ def retrain(project_dir: str = ".", publish_bundle: bool = True) -> dict[str, An
         fanout.check_tracking_store(params.flow, uri)
         if publish_bundle:  # nor a signing key that is missing (`aider-edge keygen`)
             signing.public_key_of(signing.signing_key_path(params.bundle.signing_key, root))
+        check_split_params(root, params)
         stages = dvc_graph.stage_order(root)
         results = sorted(run_waves(root, params), key=lambda r: stages.index(r["stage"]))
         ran = [r["stage"] for r in results if r["ran"]]

@@ -163,6 +163,16 @@ def test_a_missing_signing_key_stops_before_any_stage(retrain, project, env, tmp
     assert not (project / "data/raw").exists()
 
 
+def test_a_split_params_error_stops_before_dvc_deletes_the_splits(retrain, tmp_path, env):
+    repo = make_project(tmp_path / "split", stages=("ingest", "split"))
+    run_command(["dvc", "repro", "split"], repo)
+    before = md5(repo / "data/splits/train_s1.csv")
+    edit_params(repo, {"split": {"train_size": 3}})  # s1 gives four classes no training image
+    with pytest.raises(AiderEdgeError, match=r"scenario 's1' gives class .* no training image"):
+        retrain.retrain(project_dir=str(repo))
+    assert md5(repo / "data/splits/train_s1.csv") == before  # DVC never got to delete them
+
+
 def test_a_failed_flow_prints_its_own_line_and_no_traceback(retrain, project):
     """``python flows/retrain.py`` as a user runs it: Prefect's tracebacks stay off the console."""
     from prefect.settings import PREFECT_API_URL
