@@ -110,6 +110,12 @@ def test_a_new_matrix_runs_from_params_alone(dvc_repo: Path):
     assert (dvc_repo / "dvc.yaml").read_bytes() == dvc_yaml
     assert "Running stage" not in run_command(["dvc", "repro", "select", "report"], dvc_repo).stdout
 
+    # the same runs give the same report, byte for byte (DVC sees no change in a forced rerun)
+    report = {p.name: p.read_bytes() for p in (dvc_repo / "reports").iterdir()}
+    run_command(["dvc", "repro", "--force", "--single-item", "report"], dvc_repo)
+    assert {p.name: p.read_bytes() for p in (dvc_repo / "reports").iterdir()} == report
+    assert "report" not in run_command(["dvc", "status", "report"], dvc_repo).stdout
+
 
 def test_a_new_split_scenario_is_trained_without_a_second_edit(dvc_repo: Path):
     """train.scenarios aliases split.scenarios: one new scenario adds exactly its own runs."""
