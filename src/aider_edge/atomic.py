@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import re
@@ -22,6 +23,39 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from aider_edge.errors import OutputError
+
+_WRITE_FAULTS = {
+    errno.ENOSPC: "no space left on the device: free space there (or point the output elsewhere)",
+    errno.EDQUOT: "the disk quota is used up: free space there",
+    errno.EROFS: "the file system is read-only: remount it read-write or run in a writable copy",
+    errno.EACCES: "permission denied: make the folder writable for this user",
+    errno.EPERM: "not permitted: make the folder writable for this user",
+}
+
+
+@contextlib.contextmanager
+def named_write_faults(target: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn the write faults a user fixes (disk full, read-only, permissions) into one line
+    naming ``target``; other errors pass through. (torch and onnx report a full disk as an
+    internal error of their own, e.g. ``unexpected pos``: here it is named as what it is.)"""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _WRITE_FAULTS:
+            raise
+        raise OutputError(f"cannot write {target}: {_WRITE_FAULTS[exc.errno]}") from None
+
+
+def check_writable(folder: str | os.PathLike[str]) -> None:
+    """Create and remove a temporary file in ``folder`` (made if missing): a read-only or
+    unwritable output folder is named before any work, not after an epoch of training."""
+    folder = Path(folder)
+    with named_write_faults(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = _create_sibling(folder / "write-check", "", lambda p: os.close(_new_file(p)))
+        probe.unlink()
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
@@ -30,13 +64,14 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
     On any exception the temporary file is removed and ``target`` is left untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_sibling(target, suffix, lambda path: os.close(_new_file(path)))
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with named_write_faults(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_sibling(target, suffix, lambda path: os.close(_new_file(path)))
+        try:
+            yield tmp
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def write_text(target: str | os.PathLike[str], text: str) -> None:
@@ -65,8 +100,9 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     the complete old tree or the complete new one.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_sibling(target, "", lambda path: os.mkdir(path, 0o777))  # minus the umask
+    with named_write_faults(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_sibling(target, "", lambda path: os.mkdir(path, 0o777))  # minus the umask
     try:
         yield tmp
         old = None

@@ -16,3 +16,7 @@ class ConfigError(AiderEdgeError):
 
 class DataError(AiderEdgeError):
     """The image source, the pool or a split cannot be used as asked."""
+
+
+class OutputError(AiderEdgeError):
+    """An output cannot be written: read-only, not permitted, or the disk is full."""

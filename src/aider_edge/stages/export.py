@@ -32,6 +32,7 @@ REWRITE_ATOL = 1e-5  # summation order may differ between the two kernels; argma
 def run(params: Params, root: Path) -> dict[str, Any]:
     """Export (and quantise) the selected classifier; the ``export.json`` dict."""
     root = Path(root)
+    atomic.check_writable(root / layout.EXPORT_DIR)
     atomic.remove_stale_temporaries(root / layout.EXPORT_DIR)
     cfg = params.export
     selected = read_selected(root)

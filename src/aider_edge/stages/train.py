@@ -62,6 +62,7 @@ def run(
     check_weights(len(params.data.classes), params.model.weights, params.model.projection_dim)
     tracking.check_tracking_server(tracking.resolve_tracking_uri(params.mlflow, root))
     split_id = check_splits_current(params, root)
+    atomic.check_writable(root / layout.run_dir(scenario, method))
 
     train_csv = root / layout.train_split(scenario)
     cache = workspace_cache(root, params.data.image_size, params.data.max_pixels)

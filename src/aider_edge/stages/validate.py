@@ -128,6 +128,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     from aider_edge.export.checkpoint import load_classifier
 
     root = Path(root)
+    atomic.check_writable(root / layout.VALIDATION_DIR)
     atomic.remove_stale_temporaries(root / layout.VALIDATION_DIR)
     cfg = params.validate_
     selected = read_selected(root)
