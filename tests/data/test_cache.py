@@ -141,3 +141,14 @@ def test_paired_batches_give_every_image_a_positive():
     for _, y in batches:
         counts = torch.bincount(y, minlength=2)
         assert ((counts == 0) | (counts >= 2)).all(), y  # no class alone in its batch
+
+
+def test_a_killed_runs_half_written_generation_is_removed_at_the_next_open(project):
+    root, records = project
+    cache = make_cache(root)
+    cache.ensure(records[:4])
+    stale = cache.dir / ".pixels-0002.npy.0badc0de.npy.tmp"  # what a kill -9 mid-decode leaves
+    stale.write_bytes(b"\0" * 4096)
+    assert cache.ensure(records) == 8
+    assert not stale.exists()
+    assert sorted(p.name for p in cache.dir.iterdir()) == [".lock", "index.json", "pixels-0002.npy"]

@@ -139,6 +139,9 @@ class PixelCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         with (self.dir / ".lock").open("a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
+            # Every write here happens under this lock, so a temporary found now is a killed
+            # run's half-written generation (as large as the whole cache): removed, not kept.
+            atomic.remove_stale_temporaries(self.dir)
             try:
                 yield
             finally:
