@@ -393,16 +393,13 @@ def close_killed_flow_run(flow_run_id: str) -> None:
             )
 
 
-def check_split_params(root: Path, params: Params) -> None:
+def check_split_params(root: Path, params: Params, stages: list[str]) -> None:
     """A split params error (a scenario that gives a class no image) before any stage runs: found
     by the stage, it would come after DVC deleted ``data/splits``. Checked against today's pool,
     so only when ingest will not change it."""
     if not (root / layout.MANIFEST).is_file():
         return
-    if (
-        "ingest" in dvc_graph.stage_order(root)
-        and dvc_graph.stage_changes(root, ["ingest"])["ingest"]
-    ):
+    if "ingest" in stages and dvc_graph.stage_changes(root, ["ingest"])["ingest"]:
         return
     split_stage.check_plan(params, root)
 
@@ -425,8 +422,8 @@ def retrain(project_dir: str = ".", publish_bundle: bool = True) -> dict[str, An
         fanout.check_tracking_store(params.flow, uri)
         if publish_bundle:  # nor a signing key that is missing (`aider-edge keygen`)
             signing.public_key_of(signing.signing_key_path(params.bundle.signing_key, root))
-        check_split_params(root, params)
         stages = dvc_graph.stage_order(root)
+        check_split_params(root, params, stages)
         results = sorted(run_waves(root, params), key=lambda r: stages.index(r["stage"]))
         ran = [r["stage"] for r in results if r["ran"]]
         skipped = [r["stage"] for r in results if not r["ran"]]

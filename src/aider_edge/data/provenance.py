@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aider_edge import layout
+from aider_edge.data.records import read_records
 from aider_edge.digest import sha256_file
 from aider_edge.errors import DataError
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 FINGERPRINT_KEY = "fingerprint"
 """``summary.json``'s key: ``{"manifest_sha256", "params_sha256", "id"}``."""
+
+SPLIT_FINGERPRINT = "split_fingerprint"
+"""``metrics.json``'s key: the fingerprint id of the splits a run trained on (``select`` compares)."""
 
 REFRESH = "run `dvc repro split` (or `aider-edge split`)"
 
@@ -92,8 +96,6 @@ def check_splits_current(params: Params, root: Path) -> str:
 
 
 def _check_images_present(root: Path) -> None:
-    from aider_edge.data.records import read_records
-
     for csv_path in sorted((root / layout.SPLITS_DIR).glob("*.csv")):
         for record in read_records(csv_path):
             if not (root / record.path).is_file():

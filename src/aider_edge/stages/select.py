@@ -12,11 +12,8 @@ from typing import Any
 
 from aider_edge import atomic, layout
 from aider_edge.config import Params
-from aider_edge.data.provenance import check_splits_current
+from aider_edge.data.provenance import SPLIT_FINGERPRINT, check_splits_current
 from aider_edge.selection import SelectionError, candidate_runs, rank_candidates
-
-SPLIT_FINGERPRINT = "split_fingerprint"
-"""``metrics.json``'s key: the fingerprint of the splits a run trained on."""
 
 SELECTED_KEYS = ("scenario", "method", "run_id", "checkpoint")
 """Keys of ``selected.json`` that export and validate read."""

@@ -18,14 +18,13 @@ from aider_edge.config import Params
 from aider_edge.data.augment import normalize
 from aider_edge.data.cache import workspace_cache
 from aider_edge.data.loader import to_batch_tensor
-from aider_edge.data.provenance import check_splits_current
+from aider_edge.data.provenance import SPLIT_FINGERPRINT, check_splits_current
 from aider_edge.device import device_info, training_device
 from aider_edge.digest import sha256_file
 from aider_edge.errors import ConfigError
 from aider_edge.metrics import classification_metrics, probabilistic_metrics
 from aider_edge.model import check_weights
 from aider_edge.progress import Progress, training_bar
-from aider_edge.stages.select import SPLIT_FINGERPRINT
 from aider_edge.training import History, RunData, fit_summary, images_per_epoch, predict
 from aider_edge.training import train as fit
 
