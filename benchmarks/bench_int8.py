@@ -204,7 +204,7 @@ def study(project: Path) -> dict:
     selected = read_selected(project)
     cfg = params.export
     size = params.data.image_size
-    cache = workspace_cache(project, size, params.data.max_pixels)
+    cache = workspace_cache(project, size, params.data)
     train = cache.open_split(
         project / layout.train_split(selected["scenario"]), params.data.classes
     )

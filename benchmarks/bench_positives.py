@@ -99,7 +99,7 @@ def main() -> None:
         print("rendering and ingesting the synthetic pool ...", flush=True)
         ingest_stage.run(params, root)
         split_stage.run(params, root)
-        cache = workspace_cache(root, params.data.image_size, params.data.max_pixels)
+        cache = workspace_cache(root, params.data.image_size, params.data)
         classes = params.data.classes
         splits = root / layout.SPLITS_DIR
         data = RunData(

@@ -50,6 +50,14 @@ PARITY_KEYS = frozenset(
 )
 
 RUN_FILES = frozenset(
-    {"model.pt", "metrics.json", "run.json", "history.csv", "loss.csv", "test_predictions.csv"}
+    {
+        "model.pt",
+        "metrics.json",
+        "summary.json",
+        "run.json",
+        "history.csv",
+        "loss.csv",
+        "test_predictions.csv",
+    }
 )
 """What a finished training run leaves in ``models/<scenario>-<method>/``: its DVC outputs."""

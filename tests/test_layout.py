@@ -20,10 +20,12 @@ def test_stage_outputs_are_the_layouts_paths():
     assert paths("report", "outs") == [layout.REPORTS_DIR.as_posix()]
     assert paths("select", "outs") == [layout.SELECTED.as_posix()]
     assert paths("export", "outs") == [layout.EXPORT_DIR.as_posix()]
-    assert paths("validate", "metrics") == [layout.VALIDATION.as_posix()]
+    assert paths("validate", "outs") == [layout.VALIDATION.as_posix()]
+    assert paths("validate", "metrics") == [layout.VALIDATION_SUMMARY.as_posix()]
     run = layout.run_dir("${item.scenario}", "${item.method}").as_posix()
-    assert paths("train", "outs") == [f"{run}/{layout.RUN_MODEL}", f"{run}/{layout.RUN_INFO}"]
-    assert paths("train", "metrics") == [f"{run}/{layout.RUN_METRICS}"]
+    files = (layout.RUN_MODEL, layout.RUN_INFO, layout.RUN_METRICS)
+    assert paths("train", "outs") == [f"{run}/{name}" for name in files]
+    assert paths("train", "metrics") == [f"{run}/{layout.RUN_SUMMARY}"]
     assert layout.train_split("${item.scenario}").as_posix() in paths("train", "deps")
     assert paths("split", "deps")[0] == layout.MANIFEST.as_posix()
 
@@ -47,12 +49,22 @@ def test_git_ignores_every_stage_output():
         assert f"/{top.as_posix()}/" in ignored, top
 
 
-def test_a_run_depends_on_every_train_key_it_reads_and_not_on_the_matrix():
-    from aider_edge.config import TrainConfig
+def test_a_run_depends_on_every_key_it_reads_and_not_on_the_matrix():
+    from aider_edge.config import LossConfig, ModelConfig, TrainConfig, load_params
 
-    train_keys = {p for p in paths("train", "params") if p.startswith("train")}
+    declared = set(paths("train", "params"))
     matrix_keys = {"train.scenarios", "train.methods"}
-    assert train_keys == {f"train.{k}" for k in TrainConfig.model_fields} - matrix_keys
+    for section, config in (("train", TrainConfig), ("model", ModelConfig), ("loss", LossConfig)):
+        keys = {p for p in declared if p.split(".")[0] == section}
+        expected = {f"{section}.{k}" for k in config.model_fields} - matrix_keys
+        assert keys == expected, section
+    # DVC refuses a params dependency that the shipped file does not spell out.
+    for name in ("params.yaml", "params.paper.yaml"):
+        shipped = yaml.safe_load((REPO_ROOT / name).read_text())
+        for key in declared:
+            section, _, field = key.partition(".")
+            assert not field or field in shipped[section], f"{name}: {key}"
+        load_params(REPO_ROOT / name)
 
 
 def test_the_shipped_matrix_trains_every_split_scenario():

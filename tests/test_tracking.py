@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -19,16 +20,16 @@ import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
 
 from aider_edge import atomic, lineage, tracking
 from aider_edge.config import MlflowConfig
 from aider_edge.errors import AiderEdgeError
 from aider_edge.metrics import classification_metrics
-from conftest import small_params
+from conftest import run_command, small_params
 
 CLASSES = ["collapsed_building", "fire", "flooded_areas", "traffic_incident", "normal"]
-DIR_MD5 = "0123456789abcdef0123456789abcdef.dir"
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +70,8 @@ def _git(root: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A committed git checkout with a training split, its dvc.lock and DVC's .dir listing."""
+    """A committed git + DVC checkout whose stage ``split`` recorded a training split (real
+    ``dvc commit``: ``dvc.lock`` and the ``.dir`` listing in the DVC cache)."""
     root = tmp_path_factory.mktemp("project")
     splits = root / "data" / "splits"
     splits.mkdir(parents=True)
@@ -77,25 +79,22 @@ def project(tmp_path_factory) -> Path:
         f"data/raw/images/{i:02d}.png,{CLASSES[i % 5]},{hashlib.sha256(bytes([i])).hexdigest()}"
         for i in range(20)
     ]
-    csv = splits / "train_s1.csv"
-    csv.write_text("\n".join(rows) + "\n")
+    (splits / "train_s1.csv").write_text("\n".join(rows) + "\n")
     (splits / "val.csv").write_text("path,label,sha256\n")
-    (root / "dvc.lock").write_text(
-        "schema: '2.0'\nstages:\n  split:\n    cmd: aider-edge split\n    outs:\n"
-        f"    - path: data/splits\n      hash: md5\n      md5: {DIR_MD5}\n      nfiles: 2\n"
-    )
-    listing = root / ".dvc" / "cache" / "files" / "md5" / DIR_MD5[:2] / DIR_MD5[2:]
-    listing.parent.mkdir(parents=True)
-    file_md5 = hashlib.md5(csv.read_bytes()).hexdigest()
-    listing.write_text(
-        json.dumps(
-            [{"md5": file_md5, "relpath": "train_s1.csv"}, {"md5": "x", "relpath": "val.csv"}]
-        )
-    )
     _git(root, "init", "-q")
+    run_command(["dvc", "init", "-q"], root)
+    (root / "dvc.yaml").write_text(
+        "stages:\n  split:\n    cmd: aider-edge split\n    outs:\n      - data/splits\n"
+    )
+    run_command(["dvc", "commit", "-q", "-f", "split"], root)
     _git(root, "add", "-A")
     _git(root, "commit", "-q", "-m", "init")
     return root
+
+
+def _split_md5(root: Path) -> str:
+    """What ``dvc.lock`` records for ``data/splits``."""
+    return yaml.safe_load((root / "dvc.lock").read_text())["stages"]["split"]["outs"][0]["md5"]
 
 
 def _params(uri: str, experiment: str = "tracking-tests"):
@@ -170,7 +169,7 @@ def test_tracked_run_records_params_tags_metrics_artifacts_model_and_input(
     assert t["git_commit"] == head and t["mlflow.source.git.commit"] == head
     assert t["git_dirty"] == "false"
     assert t["scenario"] == "s1" and t["method"] == "adaptive"
-    assert t["dvc_split_md5"] == DIR_MD5
+    assert t["dvc_split_md5"] == _split_md5(project) and t["dvc_split_md5"].endswith(".dir")
     assert t["dvc_train_split_md5"] == hashlib.md5(csv.read_bytes()).hexdigest()
     assert t["train_split_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
     assert "dvc_lock_stale" not in t
@@ -392,18 +391,27 @@ def test_lineage_outside_git_and_dvc_and_with_a_stale_lock(tmp_path, project):
     }
 
     stale = tmp_path / "stale"
-    (stale / "data" / "splits").mkdir(parents=True)
-    (stale / "dvc.lock").write_bytes((project / "dvc.lock").read_bytes())
-    cache = Path(".dvc/cache/files/md5") / DIR_MD5[:2] / DIR_MD5[2:]
-    (stale / cache).parent.mkdir(parents=True)
-    (stale / cache).write_bytes((project / cache).read_bytes())
+    shutil.copytree(project, stale)
     edited = stale / "data" / "splits" / "train_s1.csv"
     edited.write_text("path,label,sha256\nedited.png,fire,00\n")  # re-split outside DVC
-    assert lineage.dvc_hash(stale, edited) == DIR_MD5
+    assert lineage.dvc_hash(stale, edited) == _split_md5(project)
     tags = lineage.lineage_tags(stale, edited)
     assert tags["dvc_lock_stale"] == "true"
     assert "dvc_split_md5" not in tags and "dvc_train_split_md5" not in tags
     assert lineage.dvc_hash(stale, stale / "elsewhere.csv") is None
+
+
+def test_lineage_reads_a_shared_dvc_cache(tmp_path, project):
+    """With ``cache.dir`` elsewhere (a team's shared cache) the project has no .dvc/cache."""
+    shared = tmp_path / "checkout"
+    shutil.copytree(project, shared)
+    run_command(["dvc", "cache", "dir", str(tmp_path / "team-cache")], shared)
+    run_command(["dvc", "commit", "-q", "-f", "split"], shared)
+    shutil.rmtree(shared / ".dvc" / "cache")
+    csv = shared / "data" / "splits" / "train_s1.csv"
+    tags = lineage.lineage_tags(shared, csv)
+    assert tags["dvc_split_md5"] == _split_md5(shared)
+    assert tags["dvc_train_split_md5"] == hashlib.md5(csv.read_bytes()).hexdigest()
 
 
 def test_report_files_are_logged_into_a_report_run(store, project, tmp_path):

@@ -52,7 +52,7 @@ def ensure_backbone() -> Path:
     if not (root / layout.SPLITS_DIR / "summary.json").is_file():
         split_stage.run(params, root)
     splits = root / layout.SPLITS_DIR
-    cache = workspace_cache(root, params.data.image_size, params.data.max_pixels)
+    cache = workspace_cache(root, params.data.image_size, params.data)
     classes = params.data.classes
     train_csv = splits / "train_all.csv"
     data = RunData(

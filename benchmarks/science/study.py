@@ -60,7 +60,7 @@ def prepare(dataset: str, params: Params, root: Path) -> None:
 
 def open_split(params: Params, root: Path, scenario: str) -> tuple[RunData, str]:
     splits = root / layout.SPLITS_DIR
-    cache = workspace_cache(root, params.data.image_size, params.data.max_pixels)
+    cache = workspace_cache(root, params.data.image_size, params.data)
     classes = params.data.classes
     train_csv = splits / f"train_{scenario}.csv"
     data = RunData(

@@ -73,6 +73,10 @@ class DataConfig(_Section):
     """Images larger than this are rejected as decompression bombs."""
     max_archive_bytes: PositiveInt = 20 * 1024**3
     """An archive that would expand beyond this many bytes is refused."""
+    cache_dir: Annotated[str, Field(min_length=1)] = layout.CACHE_DIR.as_posix()
+    """The decoded-pixel cache: relative to the project root (the repository itself for a DVC
+    experiment's temporary copy, so every experiment shares it), or absolute (a team's disk).
+    No stage depends on it: where pixels are cached never changes a result."""
     synthetic: SyntheticConfig = SyntheticConfig()
 
     @field_validator("classes")

@@ -8,6 +8,7 @@ import it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
@@ -32,6 +33,8 @@ RUN_MODEL = "model.pt"
 RESUME_CHECKPOINT = "checkpoint.pt"
 """Resumable state after the last finished epoch; removed once the run finishes."""
 RUN_METRICS = "metrics.json"
+RUN_SUMMARY = "summary.json"
+"""A handful of the run's figures (:mod:`aider_edge.summaries`): what ``dvc exp show`` compares."""
 RUN_INFO = "run.json"
 RUN_HISTORY = "history.csv"
 """Per epoch: the training losses and every validation figure (DVC plot: val G-Mean)."""
@@ -54,6 +57,8 @@ EXPORT_REPORT = EXPORT_DIR / "export.json"
 VALIDATION_DIR = Path("validation")
 VALIDATION = VALIDATION_DIR / "validation.json"
 """Beside ``export/``, not in it: DVC does not allow one stage's output inside another's."""
+VALIDATION_SUMMARY = VALIDATION_DIR / "summary.json"
+"""The deployed model's compact figures (:mod:`aider_edge.summaries`), for ``dvc exp show``."""
 
 # --- after the stages (the flow, the registry) ------------------------------------------------------
 BUNDLE_DIR = Path("dist/bundle")
@@ -71,6 +76,22 @@ def run_name(scenario: str, method: str) -> str:
 def run_dir(scenario: str, method: str) -> Path:
     """``models/<scenario>-<method>``: one training run's outputs."""
     return MODELS_DIR / run_name(scenario, method)
+
+
+def shared_root(root: Path) -> Path:
+    """Where relative stores and caches shared by every experiment live (the MLflow store, the
+    pixel cache): the repository an experiment was queued from when ``root`` is one of its
+    temporary copies, else ``root``.
+
+    ``dvc exp run --temp`` and ``--queue`` run in ``<repo>/.dvc/tmp/exps/<name>``, which DVC deletes
+    afterwards, and name ``<repo>`` in ``DVC_ROOT``; a store relative to the copy would go with it.
+    """
+    parent = os.environ.get("DVC_ROOT")
+    if parent:
+        repo = Path(parent).resolve()
+        if repo / ".dvc" / "tmp" / "exps" in Path(root).resolve().parents:
+            return repo
+    return Path(root)
 
 
 def train_split(scenario: str) -> Path:

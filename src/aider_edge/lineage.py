@@ -1,23 +1,20 @@
 """Code and data lineage: which commit and which DVC-versioned data a run or a model came from.
 
 Read side: :func:`lineage_tags` (the tags every training run carries), :func:`data_hash` (what the
-exported model names as its training data), :func:`dvc_hash` (the md5 ``dvc.lock`` records for the
-output holding a file). Write side, for the retraining flow: :func:`commit_versions` commits
+exported model names as its training data), :func:`dvc_hashes` (DVC's md5 of a file and of the
+output holding it, through DVC's own index). Write side, for the retraining flow: :func:`commit_versions` commits
 ``dvc.lock`` and params to git, :func:`push_outputs` pushes the outputs to the DVC remote.
 
-Git and DVC are asked through their command lines and files, never through MLflow: tracking
+Git is asked through its command line and DVC through its Python API, never through MLflow: tracking
 (:mod:`aider_edge.tracking`) only copies these tags into runs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import subprocess
 from pathlib import Path, PurePosixPath
-
-import yaml
 
 from aider_edge import dvc_graph, layout
 from aider_edge.digest import file_digest
@@ -33,15 +30,14 @@ TAG_DVC_SPLIT_MD5 = "dvc_split_md5"
 """md5 that ``dvc.lock`` records for the DVC output holding the training split: the ``.dir`` hash
 of ``data/splits`` (stage ``split``). Absent before ``dvc.lock`` exists or when it is stale."""
 TAG_DVC_TRAIN_SPLIT_MD5 = "dvc_train_split_md5"
-"""DVC's md5 of the training split file itself, read from the ``.dir`` listing in the DVC cache
-(when the cache holds it): pins this scenario's file rather than the whole splits folder."""
+"""DVC's md5 of the training split file itself, from the ``.dir`` listing in the DVC cache (when
+the cache holds it): pins this scenario's file rather than the whole splits folder."""
 TAG_DVC_LOCK_STALE = "dvc_lock_stale"
 """``"true"`` when the split file no longer matches what ``dvc.lock`` recorded (edited or re-split
 outside DVC); the DVC tags are then left out rather than pointing at other data."""
 TAG_TRAIN_SPLIT_SHA256 = "train_split_sha256"
 """sha256 of the training split CSV's bytes: always present, with or without DVC."""
 MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"  # shown by the MLflow UI as the run's commit
-SPLIT_STAGE = "split"
 VERSIONED_FILES = (layout.DVC_LOCK, layout.DVC_YAML, layout.PARAMS_FILE)
 """What :func:`commit_versions` commits: with them, a git commit pins the data of a run."""
 
@@ -75,80 +71,41 @@ def _git(root: Path, *args: str) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def dvc_hash(root: Path, path: Path) -> str | None:
-    """The md5 ``dvc.lock`` records for the DVC output that holds ``path``.
+def dvc_hashes(root: Path, path: Path) -> tuple[str | None, str | None]:
+    """DVC's md5 of the output holding ``path`` and of ``path`` itself, from DVC's own index.
 
-    For a training split that is the ``data/splits`` directory output of stage ``split``, whose
-    md5 ends in ``.dir``; a file output gives the file's md5. Stage ``split`` is searched first,
-    then the others. ``None`` without ``dvc.lock``, when no output holds ``path``, or when the
-    lock cannot be read.
+    For a training split that is the ``.dir`` hash of ``data/splits`` (what ``dvc.lock`` records
+    for stage ``split``) and the split file's md5 inside it. DVC reads the directory listing from
+    its cache wherever ``cache.dir`` points (a team's shared cache, an experiment's temporary copy).
+    ``(None, None)`` outside a DVC project, without ``dvc.lock``, or when no output holds ``path``;
+    the file's md5 is ``None`` when the cache lacks the listing.
     """
     root = Path(root).resolve()
     rel = _relative(path, root)
-    if rel is None:
-        return None
-    stages = _lock_stages(root)
-    for name in sorted(stages, key=lambda n: n != SPLIT_STAGE):
-        stage = stages[name]
-        outs = stage.get("outs") if isinstance(stage, dict) else None
-        for out in outs or []:
-            if not isinstance(out, dict) or not isinstance(out.get("path"), str):
-                continue
-            out_path = PurePosixPath(out["path"])
-            md5 = out.get("md5")
-            if (rel == out_path or out_path in rel.parents) and isinstance(md5, str) and md5:
-                return md5
-    return None
+    if rel is None or not (root / ".dvc").is_dir():
+        return None, None
+    from dvc.repo import Repo  # ~0.3 s, and only where DVC versions the project
 
-
-def dvc_file_md5(root: Path, path: Path, dir_md5: str) -> str | None:
-    """DVC's md5 of ``path`` inside the directory output ``dir_md5``, from the DVC cache.
-
-    DVC keeps the listing of a directory output as a JSON file named after its ``.dir`` hash in
-    the cache (``.dvc/cache/files/md5/ab/cdef....dir`` in DVC 3, ``.dvc/cache/ab/cdef....dir`` in
-    DVC 2). ``None`` when it is not there (no cache, another cache.dir, a file output).
-    """
-    root = Path(root).resolve()
-    rel = _relative(path, root)
-    if rel is None or not dir_md5.endswith(".dir") or len(dir_md5) < 3:
-        return None
-    out_dir = _output_dir_of(root, rel)
-    if out_dir is None:
-        return None
-    inner = rel.relative_to(out_dir).as_posix()
-    cache = root / ".dvc" / "cache"
-    for listing in (
-        cache / "files" / "md5" / dir_md5[:2] / dir_md5[2:],
-        cache / dir_md5[:2] / dir_md5[2:],
-    ):
-        try:
-            entries = json.loads(listing.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and entry.get("relpath") == inner:
-                md5 = entry.get("md5")
-                return md5 if isinstance(md5, str) else None
-    return None
-
-
-def _lock_stages(root: Path) -> dict:
+    out_md5: str | None = None
     try:
-        lock = yaml.safe_load((root / layout.DVC_LOCK).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    stages = lock.get("stages") if isinstance(lock, dict) else None
-    return stages if isinstance(stages, dict) else {}
+        with Repo(root.as_posix()) as repo:
+            for part in [*reversed(rel.parents[:-1]), rel]:  # the output is the outermost one
+                info = repo.dvcfs.info(part.as_posix()).get("dvc_info") or {}
+                if info.get("isout") and isinstance(info.get("md5"), str):
+                    if out_md5 is None:
+                        out_md5 = info["md5"]
+                    if part == rel:
+                        return out_md5, info["md5"]
+    # Lineage is best effort: DVC raises its own errors for a damaged lock or a cache that lacks
+    # a listing, and a run must not fail for a tag. The sha256 tag is always there.
+    except Exception as exc:
+        log.debug("DVC lineage of %s unavailable: %s", rel, exc)
+    return out_md5, None
 
 
-def _output_dir_of(root: Path, rel: PurePosixPath) -> PurePosixPath | None:
-    for stage in _lock_stages(root).values():
-        for out in (stage.get("outs") if isinstance(stage, dict) else None) or []:
-            if isinstance(out, dict) and isinstance(out.get("path"), str):
-                out_path = PurePosixPath(out["path"])
-                if out_path in rel.parents:
-                    return out_path
-    return None
+def dvc_hash(root: Path, path: Path) -> str | None:
+    """The md5 DVC records for the output holding ``path`` (see :func:`dvc_hashes`)."""
+    return dvc_hashes(root, path)[0]
 
 
 def _relative(path: Path, root: Path) -> PurePosixPath | None:
@@ -170,9 +127,8 @@ def lineage_tags(root: Path, train_split_csv: Path) -> dict[str, str]:
         dirty = git_dirty(root)
         if dirty is not None:
             tags[TAG_GIT_DIRTY] = str(dirty).lower()
-    dir_md5 = dvc_hash(root, train_split_csv)
+    dir_md5, file_md5 = dvc_hashes(root, train_split_csv)
     if dir_md5 is not None:
-        file_md5 = dvc_file_md5(root, train_split_csv, dir_md5)
         if file_md5 is not None and file_md5 != file_digest(train_split_csv, "md5"):
             log.warning(
                 "%s differs from what %s recorded: the DVC hash tags are left out "

@@ -293,7 +293,7 @@ def test_split_logits(params: Params, root: Path, onnx_path: Path):
     test_csv = root / layout.TEST_SPLIT
     if not test_csv.is_file():
         raise RegistryError(f"{test_csv} is missing: run `dvc repro split` first")
-    cache = workspace_cache(root, model.preprocessing.input_size, params.data.max_pixels)
+    cache = workspace_cache(root, model.preprocessing.input_size, params.data)
     split = cache.open_split(test_csv, classes)
     return model.logits(split.images()), split.labels, classes
 

@@ -8,8 +8,9 @@ Ctrl-C) and the exception propagates.
 Where things go
     * tracking URI: ``MLFLOW_TRACKING_URI`` when set (used as given), else ``mlflow.tracking_uri``
       of params.yaml, with a relative ``sqlite:///mlflow.db`` (or plain store path) made absolute
-      against the project root, so stages started from any folder share one store
-      (:func:`resolve_tracking_uri`). An http(s) server is probed before training starts
+      against the project root, so stages started from any folder share one store, and against
+      the repository itself for a ``dvc exp run --temp`` / ``--queue`` copy
+      (:func:`resolve_tracking_uri`, :func:`aider_edge.layout.shared_root`). An http(s) server is probed before training starts
       (:func:`check_tracking_server`).
     * artifacts: for a local sqlite store, an experiment created here stores its artifacts in
       ``<folder of the .db>/mlruns/<experiment>`` (MLflow's own default would be ``./mlruns``
@@ -109,13 +110,14 @@ def resolve_tracking_uri(cfg: MlflowConfig, root: Path) -> str:
     ``MLFLOW_TRACKING_URI`` is used exactly as given (MLflow's own semantics: a relative sqlite
     path is relative to the working directory). From params.yaml, ``sqlite:///mlflow.db`` becomes
     ``sqlite:////<root>/mlflow.db`` and a plain relative store path ``<root>/<path>``; absolute
-    paths, ``:memory:`` and server URIs are unchanged.
+    paths, ``:memory:`` and server URIs are unchanged. In a DVC experiment's temporary copy,
+    ``<root>`` is the repository it was queued from: the copy and its store are deleted afterwards.
     """
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env:
         return env
     uri = cfg.tracking_uri.strip()
-    root = Path(root).resolve()
+    root = layout.shared_root(Path(root)).resolve()
     if uri.startswith("sqlite:///"):
         path, sep, query = uri.removeprefix("sqlite:///").partition("?")
         if path and path != ":memory:" and not path.startswith("/"):

@@ -36,7 +36,7 @@ def test_gate_validate_and_predict_give_identical_logits(project, tmp_path, caps
     model_path = root / layout.EXPORT_DIR / model_file
 
     gate_logits, labels, classes = registry.test_split_logits(params, root, model_path)
-    cache = workspace_cache(root, params.data.image_size, params.data.max_pixels)
+    cache = workspace_cache(root, params.data.image_size, params.data)
     test = cache.open_split(root / layout.TEST_SPLIT, params.data.classes)
     validate_logits = validate.open_model(model_path, params).logits(
         test.images(), params.validate_.batch_size

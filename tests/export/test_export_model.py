@@ -45,7 +45,7 @@ def classifier(project):
 @pytest.fixture(scope="module")
 def test_images(project) -> np.ndarray:
     params = project_params(project)
-    cache = workspace_cache(project, params.data.image_size, params.data.max_pixels)
+    cache = workspace_cache(project, params.data.image_size, params.data)
     split = cache.open_split(project / layout.TEST_SPLIT, params.data.classes)
     return split.images()
 
@@ -193,7 +193,7 @@ def test_int8_is_qdq_with_per_channel_weights_and_the_metadata(project, test_ima
 
 def _train_inputs(project: Path, n: int = 32) -> np.ndarray:
     params = project_params(project)
-    cache = workspace_cache(project, params.data.image_size, params.data.max_pixels)
+    cache = workspace_cache(project, params.data.image_size, params.data)
     split = cache.open_split(project / layout.train_split("s1"), params.data.classes)
     return model_inputs(split.images(range(n)), False)
 

@@ -36,7 +36,7 @@ from aider_edge.errors import DataError
 from aider_edge.parallel import map_with_progress
 
 if TYPE_CHECKING:
-    from aider_edge.config import Params
+    from aider_edge.config import DataConfig, Params
 
 INDEX_FILE = "index.json"
 
@@ -219,9 +219,12 @@ def _decode_job(job: tuple[Path, str, int, int]) -> np.ndarray:
         ) from None
 
 
-def workspace_cache(root: Path, size: int, max_pixels: int) -> PixelCache:
-    """The project's pixel cache (``data/cache``) at ``size`` px."""
-    return PixelCache(Path(root) / layout.CACHE_DIR, size, root, max_pixels)
+def workspace_cache(root: Path, size: int, data: DataConfig) -> PixelCache:
+    """The project's pixel cache (``data.cache_dir``, by default ``data/cache``) at ``size`` px."""
+    folder = Path(data.cache_dir)
+    if not folder.is_absolute():
+        folder = layout.shared_root(Path(root)) / folder
+    return PixelCache(folder, size, root, data.max_pixels)
 
 
 def warm_cache(
@@ -236,6 +239,6 @@ def warm_cache(
         records += read_records(csv_path)
     if not records:
         raise DataError(f"no split files in {layout.SPLITS_DIR}: run `dvc repro split` first")
-    cache = workspace_cache(root, params.data.image_size, params.data.max_pixels)
+    cache = workspace_cache(root, params.data.image_size, params.data)
     decoded = cache.ensure(records, progress)
     return cache, decoded, len({r.sha256 for r in records})

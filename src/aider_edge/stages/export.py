@@ -43,7 +43,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
         classifier, size, cfg.opset, preprocessing_in_graph=cfg.preprocessing_in_graph
     )
     train_csv = root / layout.train_split(selected["scenario"])
-    cache = workspace_cache(root, size, params.data.max_pixels)
+    cache = workspace_cache(root, size, params.data)
     train_split = cache.open_split(train_csv, params.data.classes)
     calibration = calibration_images(train_split, cfg.calibration.images, params.seed)
     inputs = model_inputs(calibration, cfg.preprocessing_in_graph)

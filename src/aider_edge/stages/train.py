@@ -1,7 +1,8 @@
 """``train@<scenario>-<method>``: one tracked training run -> ``models/<scenario>-<method>/``.
 
 Writes ``model.pt`` (the best validation epoch), ``metrics.json`` and ``run.json`` (with the
-device the run trained on); the per-epoch ``checkpoint.pt`` lets an interrupted run resume and is
+device the run trained on), ``summary.json`` (the few figures ``dvc exp show`` compares) and the
+DVC plots' CSV files; the per-epoch ``checkpoint.pt`` lets an interrupted run resume and is
 removed once the run finishes.
 """
 
@@ -25,6 +26,7 @@ from aider_edge.errors import ConfigError
 from aider_edge.metrics import classification_metrics, probabilistic_metrics
 from aider_edge.model import check_weights
 from aider_edge.progress import Progress, training_bar
+from aider_edge.summaries import run_summary
 from aider_edge.training import History, RunData, fit_summary, images_per_epoch, predict
 from aider_edge.training import train as fit
 
@@ -64,7 +66,7 @@ def run(
     atomic.check_writable(root / layout.run_dir(scenario, method))
 
     train_csv = root / layout.train_split(scenario)
-    cache = workspace_cache(root, params.data.image_size, params.data.max_pixels)
+    cache = workspace_cache(root, params.data.image_size, params.data)
     classes = params.data.classes
     data = RunData(
         cache.open_split(train_csv, classes, on_decode),
@@ -121,6 +123,7 @@ def run(
         test_logits, test_labels = scored["test"]
         write_plots(out_dir, history, test_labels, test_logits.argmax(1), classes)
         atomic.write_json(out_dir / layout.RUN_METRICS, metrics)
+        atomic.write_json(out_dir / layout.RUN_SUMMARY, run_summary(metrics))
         tracked.log_final(metrics, out_dir)
         model.cpu()  # the logged model must load on hosts without the training device
         example = normalize(to_batch_tensor(data.val.images(range(2)))).numpy()

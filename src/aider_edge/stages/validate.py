@@ -6,7 +6,8 @@ runs them. The INT8 model is scored again under qemu for each aarch64 profile's 
 (:func:`int8_checks`), so that each profile's INT8 gate sees that CPU's kernels. Latency: every
 profile of ``validate.profiles`` through :func:`aider_edge.edge.latency.measure_latency`. The
 gates are :mod:`aider_edge.gates`.
-``validation/validation.json`` is always written first; then a failure raises
+``validation/validation.json`` (every figure) and ``validation/summary.json`` (the few figures
+``dvc exp show`` compares) are always written first; then a failure raises
 :class:`ValidationFailed` naming each gate and its figures.
 """
 
@@ -30,7 +31,9 @@ from aider_edge.edge.parity import kernel_summary
 from aider_edge.edge.runtime import OnnxClassifier
 from aider_edge.emulation import EmulationError
 from aider_edge.errors import AiderEdgeError
+from aider_edge.metrics import classification_metrics
 from aider_edge.stages.select import check_selected_current, read_selected
+from aider_edge.summaries import deployed_summary
 
 HOST_ISA = platform.machine()
 
@@ -137,7 +140,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     fp32_model = open_model(fp32_path, params)
     int8_model = open_model(int8_path, params) if int8_path.is_file() else None
 
-    cache = workspace_cache(root, params.data.image_size, params.data.max_pixels)
+    cache = workspace_cache(root, params.data.image_size, params.data)
     test = cache.open_split(root / layout.TEST_SPLIT, params.data.classes)
     images, labels = test.images(), test.labels
     classifier = load_classifier(params, root / selected["checkpoint"])
@@ -156,6 +159,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
         "latency": fp32_latency,
     }
     int8_latency = None
+    int8_logits: np.ndarray | None = None
     kept = {p.name: False for p in cfg.profiles}
     if int8_model is not None:
         int8_logits = int8_model.logits(images, cfg.batch_size)
@@ -211,7 +215,10 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     report["selected"] = {k: selected[k] for k in ("scenario", "method", "run_id")}
     report["thresholds"] = cfg.model_dump(exclude={"profiles"})
     report["host_cores"] = host_cores()
+    deployed_logits = int8_logits if everywhere and int8_logits is not None else fp32_logits
+    test_metrics = classification_metrics(labels, deployed_logits.argmax(1), test.classes)
     atomic.write_json(root / layout.VALIDATION, report)
+    atomic.write_json(root / layout.VALIDATION_SUMMARY, deployed_summary(report, test_metrics))
     if failures:
         raise ValidationFailed(
             f"{len(failures)} gate(s) failed: {'; '.join(failures)} "
