@@ -73,3 +73,24 @@ def test_the_shipped_matrix_trains_every_split_scenario():
     for name in ("params.yaml", "params.paper.yaml"):
         params = load_params(REPO_ROOT / name)
         assert params.trained_scenarios == list(params.split.scenarios), name
+
+
+def test_an_experiments_temporary_copy_shares_the_repositorys_stores(tmp_path, monkeypatch):
+    from aider_edge.config import DataConfig, MlflowConfig
+    from aider_edge.data.cache import workspace_cache
+    from aider_edge.tracking import resolve_tracking_uri
+
+    repo = tmp_path / "repo"
+    copy = repo / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(repo))  # what DVC sets for --temp / --queue runs
+    assert layout.shared_root(copy) == repo.resolve()
+    assert layout.shared_root(repo) == repo  # `dvc exp run` in the workspace itself
+    assert resolve_tracking_uri(MlflowConfig(), copy) == f"sqlite:///{repo.resolve()}/mlflow.db"
+    assert workspace_cache(copy, 32, DataConfig()).dir == repo.resolve() / "data/cache/32px"
+    absolute = DataConfig(cache_dir=str(tmp_path / "team-cache"))
+    assert workspace_cache(copy, 32, absolute).dir == tmp_path / "team-cache" / "32px"
+    # DVC_ROOT of some other repository (a stage inside another project) changes nothing.
+    assert layout.shared_root(tmp_path / "elsewhere") == tmp_path / "elsewhere"
+    monkeypatch.delenv("DVC_ROOT")
+    assert layout.shared_root(copy) == copy
