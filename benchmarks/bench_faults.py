@@ -1,7 +1,8 @@
 """Every bad input a user may hand the pipeline: its exit code, its one line, and nothing lost.
 
 Builds one tiny project (a class-per-folder pool of 36 random 16 px images, one 32 px scenario, the
-baseline, one epoch) by the CLI, then, for each case, copies it, breaks it the way the case says,
+baseline, one epoch, exported to fp32 ONNX and packed into a signed bundle; an empty MLflow
+registry) by the CLI, then, for each case, copies it, breaks it the way the case says,
 runs the command a user would, and records the exit code, the error line and whether the earlier
 outputs (pool, splits, the finished run) are byte-identical afterwards (sha256 before and after).
 
@@ -48,11 +49,14 @@ PARAMS = {
         "batch_size": 6,
         "num_threads": 1,
     },
+    "export": {"int8": False},
 }
 TRAIN = ["train", "--scenario", "even", "--method", "baseline"]
 RUN_DIR = Path("models/even-baseline")
-KEPT = ("data/raw", "data/splits", RUN_DIR.as_posix())
+BUNDLE = Path("dist/bundle")
+KEPT = ("data/raw", "data/splits", RUN_DIR.as_posix(), BUNDLE.as_posix(), "mlflow.db")
 """The earlier outputs that no failed command may change."""
+TRUSTED_KEY = "keys/bundle-signing.pub"
 
 
 def write_tree(root: Path, per_class: dict[str, int], seed: int) -> None:
@@ -64,8 +68,10 @@ def write_tree(root: Path, per_class: dict[str, int], seed: int) -> None:
             Image.fromarray(pixels).save(root / label / f"{label}_{i:03d}.png")
 
 
-def cli(root: Path, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": "", "AIDER_EDGE_DEBUG": ""}
+def cli(
+    root: Path, args: list[str], env_overrides: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "", "AIDER_EDGE_DEBUG": ""} | (env_overrides or {})
     return subprocess.run(
         [CLI, *args], cwd=root, env=env, capture_output=True, text=True, timeout=600
     )
@@ -74,7 +80,8 @@ def cli(root: Path, args: list[str]) -> subprocess.CompletedProcess:
 def snapshot(root: Path) -> dict[str, str]:
     files = {}
     for top in KEPT:
-        for path in sorted((root / top).rglob("*")):
+        found = [root / top] if (root / top).is_file() else sorted((root / top).rglob("*"))
+        for path in found:
             if path.is_file():
                 files[path.relative_to(root).as_posix()] = hashlib.sha256(
                     path.read_bytes()
@@ -103,10 +110,12 @@ class Case:
     breaks: Callable[[Path], None]
     command: list[str]
     expect_exit: int = 2
-    rewrites: str = ""
-    """The one kept folder that a command succeeding on purpose (exit 0) replaces by design."""
+    rewrites: tuple[str, ...] = ()
+    """Kept paths that a command succeeding on purpose (exit 0) replaces by design."""
     line_from: Callable[[Path], str] | None = None
     """Where the case's line is when it is not on stderr (a file the command writes)."""
+    env: dict[str, str] | None = None
+    """Environment variables the command runs with (on top of the template's)."""
 
 
 def _params_text(text: str) -> Callable[[Path], None]:
@@ -156,6 +165,28 @@ def _escaping_symlink(root: Path) -> None:
     (root / "tree/a/linked.png").symlink_to(outside)
 
 
+def _predict(root_relative_image: str = "tree/a/a_000.png", key: str = TRUSTED_KEY) -> list[str]:
+    return ["predict", "--bundle", BUNDLE.as_posix(), "--trusted-key", key, root_relative_image]
+
+
+def _flip_model_byte(root: Path) -> None:
+    model = root / BUNDLE / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+
+
+def _edit_manifest(root: Path) -> None:
+    manifest = root / BUNDLE / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["classes"] = list(reversed(raw["classes"]))  # the labels a drone would report
+    manifest.write_text(json.dumps(raw, indent=2))
+
+
+def _other_key(root: Path) -> None:
+    assert cli(root, ["keygen", "--out-dir", "other-keys"]).returncode == 0
+
+
 CASES = [
     Case("params.yaml is not YAML", _params_text("train: [epochs\n"), TRAIN),
     Case("params.yaml is empty", _params_text(""), TRAIN),
@@ -192,20 +223,39 @@ CASES = [
         ["ingest"],
     ),
     Case("select with its run missing", lambda root: shutil.rmtree(root / RUN_DIR), ["select"]),
-    Case("export before select", lambda root: None, ["export"]),
+    Case("export before select", lambda root: shutil.rmtree(root / "selection"), ["export"]),
     Case(
         "corrupt resume checkpoint",
         _corrupt_checkpoint,
         TRAIN,
         expect_exit=0,
-        rewrites=RUN_DIR.as_posix(),
+        rewrites=(RUN_DIR.as_posix(), "mlflow.db"),  # the run is trained again, and logged
+    ),
+    Case("bundle: a byte of the model changed", _flip_model_byte, _predict()),
+    Case("bundle: manifest edited (classes reordered)", _edit_manifest, _predict()),
+    Case(
+        "bundle: signature removed",
+        lambda root: (root / BUNDLE / "manifest.sig").unlink(),
+        _predict(),
+    ),
+    Case(
+        "bundle: signed by another key", _other_key, _predict(key="other-keys/bundle-signing.pub")
+    ),
+    Case("registry: promote with nothing registered", lambda root: None, ["promote"]),
+    Case("registry: rollback without a champion", lambda root: None, ["promote", "--rollback"]),
+    Case("registry: serve without a champion", lambda root: None, ["serve-model"]),
+    Case(
+        "registry: tracking server unreachable",
+        lambda root: None,  # the files are fine: the server is gone
+        ["promote"],
+        env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
     ),
     Case(
         "symlink out of the dataset folder",
         _escaping_symlink,
         ["ingest"],
         expect_exit=0,
-        rewrites="data/raw",
+        rewrites=("data/raw",),
         line_from=_rejected_line,
     ),
 ]
@@ -224,18 +274,19 @@ def run_case(template: Path, root: Path, case: Case) -> dict:
     case.breaks(root)
     before = snapshot(root)
     start = time.perf_counter()
-    proc = cli(root, case.command)
+    proc = cli(root, case.command, case.env)
     seconds = time.perf_counter() - start
     after = snapshot(root)
     changed = sorted(
         p
         for p in before
-        if after.get(p) != before[p] and not (case.rewrites and p.startswith(case.rewrites))
+        if after.get(p) != before[p] and not any(p.startswith(top) for top in case.rewrites)
     )
     line = case.line_from(root) if case.line_from else error_line(proc)
+    env = "".join(f"{k}={v} " for k, v in (case.env or {}).items())
     result = {
         "case": case.name,
-        "command": "aider-edge " + " ".join(case.command),
+        "command": env + "aider-edge " + " ".join(case.command),
         "exit": proc.returncode,
         "expected_exit": case.expect_exit,
         "line": line,
@@ -255,7 +306,17 @@ def run_case(template: Path, root: Path, case: Case) -> dict:
 def build_template(root: Path) -> None:
     write_tree(root / "tree", {"a": 12, "b": 12, "c": 12}, seed=0)
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    for args in (["ingest"], ["split"], TRAIN):
+    steps = (
+        ["ingest"],
+        ["split"],
+        TRAIN,
+        ["select"],
+        ["export"],
+        ["keygen"],
+        # validate would measure latency per profile; the bundle cases need only a signed bundle
+        ["bundle", "--allow-unvalidated", "--out", BUNDLE.as_posix()],
+    )
+    for args in steps:
         proc = cli(root, args)
         if proc.returncode != 0:
             sys.exit(f"bench_faults: building the project failed at {args}: {proc.stderr[-500:]}")

@@ -121,3 +121,18 @@ def test_a_queued_experiment_lands_in_the_projects_store_and_pixel_cache(finishe
     assert (finished / "data" / "cache" / "40px").is_dir()
     assert not list((finished / ".dvc" / "tmp" / "exps").glob("**/mlflow.db"))
     assert DEPLOYED in shown_metrics(experiments(finished)["queued"])
+
+
+def test_a_temp_experiment_lands_in_the_projects_store(finished: Path):
+    """`dvc exp run --temp` runs in a copy under .dvc/tmp/exps that is deleted afterwards: the
+    runs' MLflow records must be in the project's store, not in the copy's."""
+    store = f"sqlite:///{finished / 'mlflow.db'}"
+    before = {r.info.run_id for r in mlflow.MlflowClient(store).search_runs(["1"])}
+    run_command(["dvc", "exp", "run", "--temp", "-n", "in-temp", "-S", "train.lr=0.002"], finished)
+    runs = mlflow.MlflowClient(store).search_runs(["1"])
+    new = [r for r in runs if r.info.run_id not in before and "scenario" in r.data.tags]
+    assert new and all(r.data.params["train.lr"] == "0.002" for r in new)
+    assert all(r.info.status == "FINISHED" for r in new)
+    shown = experiments(finished)["in-temp"]
+    assert RUN_SUMMARY in shown_metrics(shown)
+    assert not list((finished / ".dvc" / "tmp" / "exps").glob("**/mlflow.db"))

@@ -104,3 +104,12 @@ def test_the_drone_runtime_reaches_neither_torch_nor_mlflow():
     third_party = {t.split(".")[0] for n in reached for t in imports_of(n)}
     assert not third_party & set(DRONE_FORBIDDEN), third_party & set(DRONE_FORBIDDEN)
     assert "aider_edge.config" not in reached
+
+
+def test_the_served_model_reaches_no_torch():
+    """The registered pyfunc (``serving``) runs in `mlflow models serve` without torch."""
+    graph = package_graph()
+    reached = {"aider_edge.serving"} | nx.descendants(graph, "aider_edge.serving")
+    third_party = {t.split(".")[0] for n in reached for t in imports_of(n)}
+    assert not third_party & {"torch", "torchvision", "dvc", "prefect"}
+    assert "aider_edge.config" not in reached

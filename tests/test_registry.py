@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def always_red(path: Path, run_id: str) -> Path:
 def project(tmp_path: Path, monkeypatch) -> tuple[Path, Params]:
     """A project root with a solid-colour test split and params pointing at a sqlite store."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact folder is ./mlruns
     root = tmp_path / "project"
     rows = []
     for label, colour in COLOURS.items():
@@ -139,6 +141,8 @@ def test_register_logs_one_onnx_file_linked_to_the_training_run(project, tmp_pat
 
     reg = registry.register_challenger(params, root, path, validation=PASSED)
     assert (reg.version, reg.run_id, reg.new) == ("1", run_id, True)
+    # the fluent URIs it needed are gone again: later clients choose their own store
+    assert "MLFLOW_REGISTRY_URI" not in os.environ and "MLFLOW_TRACKING_URI" not in os.environ
     after = client.get_run(run_id).info
     # the training run's duration is training's, not training + export + validate
     assert (after.start_time, after.end_time) == (trained.start_time, trained.end_time)

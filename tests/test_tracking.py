@@ -80,7 +80,8 @@ def project(tmp_path_factory) -> Path:
         for i in range(20)
     ]
     (splits / "train_s1.csv").write_text("\n".join(rows) + "\n")
-    (splits / "val.csv").write_text("path,label,sha256\n")
+    (splits / "val.csv").write_text("\n".join(rows[:1] + rows[1:6]) + "\n")
+    (splits / "test.csv").write_text("\n".join(rows[:1] + rows[6:13]) + "\n")
     _git(root, "init", "-q")
     run_command(["dvc", "init", "-q"], root)
     (root / "dvc.yaml").write_text(
@@ -142,8 +143,8 @@ def test_tracked_run_records_params_tags_metrics_artifacts_model_and_input(
             record = {"epoch": epoch, "loss": 2.0 - epoch, "ce": 1.0, "val_g_mean": 0.1 * epoch}
             run.log_epoch({**record, "note": "text is skipped"}, step=epoch)
         atomic.write_json(out_dir / "metrics.json", metrics)  # the stage writes, the tracker logs
-        run.log_final(metrics, out_dir)
         model_uri = run.log_model(model, example)
+        run.log_final(metrics, out_dir)  # after the model, as the train stage does
         run.write_run_json(out_dir)
         assert os.environ["MLFLOW_TRACKING_URI"] == store  # fluent API bound to the store
     assert "MLFLOW_TRACKING_URI" not in os.environ  # restored: params.yaml still decides later
@@ -203,11 +204,38 @@ def test_tracked_run_records_params_tags_metrics_artifacts_model_and_input(
     assert json.loads(Path(logged).read_text()) == metrics
     assert sorted(p.name for p in out_dir.iterdir()) == ["metrics.json", "run.json"]
 
-    inputs = got.inputs.dataset_inputs
-    assert [i.dataset.name for i in inputs] == ["train_s1"]
-    assert {tag.key: tag.value for tag in inputs[0].tags}["mlflow.data.context"] == "training"
-    assert json.loads(inputs[0].dataset.source) == {"uri": str(csv)}
-    assert json.loads(inputs[0].dataset.profile)["num_rows"] == 20
+    inputs = {i.dataset.name: i for i in got.inputs.dataset_inputs}
+    assert sorted(inputs) == ["test", "train_s1", "val"]
+    contexts = {
+        name: {tag.key: tag.value for tag in i.tags}["mlflow.data.context"]
+        for name, i in inputs.items()
+    }
+    assert contexts == {"train_s1": "training", "val": "validation", "test": "test"}
+    assert json.loads(inputs["train_s1"].dataset.source) == {"uri": str(csv)}
+    assert json.loads(inputs["train_s1"].dataset.profile)["num_rows"] == 20
+    assert json.loads(inputs["test"].dataset.profile)["num_rows"] == 7
+
+    # MLflow 3 model-centric: the final figures belong to the logged model, per dataset
+    model_id = model_uri.removeprefix("models:/")
+    mlflow.set_tracking_uri(store)
+    [logged_model] = mlflow.search_logged_models(
+        experiment_ids=[got.info.experiment_id],
+        filter_string=f"model_id = '{model_id}'",
+        output_format="list",
+    )
+    # (log_model itself links the run's first epoch figures, without a dataset: skipped here)
+    by_key = {m.key: m for m in logged_model.metrics if m.dataset_name}
+    assert by_key["test_g_mean"].value == pytest.approx(metrics["test"]["g_mean"])
+    assert by_key["test_g_mean"].dataset_name == "test"
+    assert by_key["test_g_mean"].dataset_digest == inputs["test"].dataset.digest
+    assert by_key["val_f1.fire"].dataset_name == "val"
+    assert by_key["val_g_mean"].value == pytest.approx(metrics["val"]["g_mean"])
+    found = mlflow.search_logged_models(
+        experiment_ids=[got.info.experiment_id],
+        filter_string=f"metrics.test_g_mean >= {metrics['test']['g_mean'] - 1e-9}",
+        output_format="list",
+    )
+    assert model_id in {m.model_id for m in found}
 
     run_json = json.loads((out_dir / "run.json").read_text())
     assert run_json == {
@@ -465,7 +493,8 @@ def test_a_dataset_insert_lost_to_a_concurrent_run_is_logged_again(store, projec
     with tracking.tracked_run(_params(store), project, "s1", "baseline", csv) as run:
         pass
     inputs = MlflowClient(store).get_run(run.run_id).inputs.dataset_inputs
-    assert len(calls) == 2 and [i.dataset.name for i in inputs] == ["train_s1"]
+    # the lost insert, its retry, then val and test
+    assert len(calls) == 4 and sorted(i.dataset.name for i in inputs) == ["test", "train_s1", "val"]
 
 
 def test_other_dataset_errors_are_not_retried(store, project, monkeypatch):

@@ -194,6 +194,17 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve_model(args: argparse.Namespace) -> int:
+    from aider_edge import registry
+
+    params = _load(args)
+    alias = args.alias or params.registry.champion_alias
+    argv, env = registry.serve_command(params, Path.cwd(), alias, args.host, args.port)
+    print(f"serving {argv[4]} on http://{args.host}:{args.port}/invocations", flush=True)
+    os.execvpe(argv[0], argv, env)  # the server is the process: Ctrl-C and signals reach it
+    return 0  # not reached
+
+
 def _trust(args: argparse.Namespace) -> Trust:
     """What predict/bench require of the bundle's signature; an unchecked run says so each time."""
     from aider_edge.edge.signing import Trust
@@ -374,6 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="promote even though the champion has another class list (no comparison possible)",
     )
     promote.set_defaults(func=cmd_promote)
+
+    serve = sub.add_parser(
+        "serve-model",
+        help="serve the champion over HTTP with `mlflow models serve` (JSON in, classes out)",
+        description="Serve a registered version (default: the champion alias) with MLflow's "
+        "scoring server: POST /invocations with image files (base64), frames or tensors; "
+        "see the README for the request.",
+    )
+    serve.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    serve.add_argument("--alias", help="registry alias to serve (default: registry.champion_alias)")
+    serve.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    serve.add_argument("--port", type=_positive_int, default=5001, help="default: %(default)s")
+    serve.set_defaults(func=cmd_serve_model)
 
     # predict and bench both run a bundle's model on this machine.
     on_bundle = _Parser(add_help=False)

@@ -4,10 +4,13 @@ Names (``docs/architecture.md``): registered model ``registry.model_name`` (``ai
 ``registry.challenger_alias`` / ``registry.champion_alias`` (``challenger`` / ``champion``).
 
 Register (:func:`register_challenger`)
-    The exported ONNX file is logged with ``mlflow.onnx.log_model`` as one self-contained file
-    (``save_as_external_data=False``: a drone gets one file, never a weights side-car) into the
-    *training run* that produced it (the run is reopened for the log call, so the logged model's
-    ``source_run_id`` is that run), registered as a new version of the model with the run id and
+    The exported ONNX file (one self-contained file: a drone gets one file, never a weights
+    side-car) is logged byte for byte as the pyfunc of :mod:`aider_edge.serving` (signature, a
+    test image as input example, the file as artifact ``onnx_model``) into the *training run*
+    that produced it (the run is reopened for the log call, so the logged model's
+    ``source_run_id`` is that run; its end time is put back), with its test figures
+    (``onnx_test_*``) linked to the logged model and the test dataset, registered as a new
+    version of the model with the run id and
     the lineage tags (git commit, DVC hashes of the splits, sha256 of the ONNX file), and given
     the challenger alias. Registering the same ONNX bytes twice returns the existing version. If
     anything fails midway, the half-made version and logged model are deleted again.
@@ -29,6 +32,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -140,8 +144,9 @@ def register_challenger(
     ``run_id`` defaults to the ONNX metadata ``aider_edge.mlflow_run_id`` (set by ``export``).
     """
     import mlflow
-    import mlflow.onnx
     import onnx
+
+    from aider_edge.contract import ContractError, classes_from_metadata, decode_metadata
 
     root = Path(root).resolve()
     onnx_path = Path(onnx_path)
@@ -163,6 +168,10 @@ def register_challenger(
             f"{onnx_path} names no training run (metadata aider_edge.mlflow_run_id): "
             "re-run `dvc repro export`"
         )
+    try:
+        classes = classes_from_metadata(decode_metadata(meta))
+    except ContractError as exc:
+        raise RegistryError(f"{onnx_path}: {exc}: re-run `dvc repro export`") from None
     run = client.get_run(run_id)  # raises MlflowException when the run is not in this store
     tags = {k: run.data.tags[k] for k in LINEAGE_RUN_TAGS if k in run.data.tags}
     tags |= _lineage_now(root)
@@ -181,16 +190,16 @@ def register_challenger(
             # Closing it again would stamp a new end time, and the run's duration would then
             # include export and validation: its own status and end time are put back.
             with mlflow.start_run(run_id=run_id):
-                info = mlflow.onnx.log_model(
-                    model,
-                    name=ONNX_MODEL_NAME,
-                    save_as_external_data=False,
-                    pip_requirements=mlflow.onnx.get_default_pip_requirements(),
+                info = _log_servable(
+                    onnx_path,
+                    classes,
                     metadata={"validation": _jsonable(validation), "onnx_metadata": meta},
+                    example=_example_image(params, root, onnx_path),
                 )
+                model_id = info.model_id
+                _log_test_figures(params, root, onnx_path, run_id, model_id)
             if run.info.end_time is not None:
                 client.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
-            model_id = info.model_id
             created = client.create_model_version(
                 name, source=info.model_uri, run_id=run_id, tags=tags, model_id=model_id
             )
@@ -204,6 +213,120 @@ def register_challenger(
         "registered %s version %s (%s)", name, created.version, params.registry.challenger_alias
     )
     return Registration(str(created.version), run_id, sha, new=True)
+
+
+ONNX_TEST_PREFIX = "onnx_test_"
+"""The registered ONNX model's own test figures (``onnx_test_g_mean`` ...): metrics of the logged
+model, apart from the training run's ``test_*`` (the torch model's, also on the test split)."""
+
+
+def _log_servable(onnx_path: Path, classes: list[str], *, metadata: dict, example: bytes | None):
+    """Log ``onnx_path`` byte for byte as the pyfunc of :mod:`aider_edge.serving`, into the
+    active run, with its signature, an input example and the package code it runs."""
+    import mlflow
+    import mlflow.onnx
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.models import ModelSignature
+
+    from aider_edge import serving
+
+    with (
+        tempfile.TemporaryDirectory(prefix="aider-edge-register-") as tmp,
+        # MLflow would add the project's uv.lock: restoring the model's environment from it would
+        # install the whole training stack (torch included) for a model that needs onnxruntime.
+        _environment(MLFLOW_LOG_UV_FILES="false"),
+    ):
+        # Under the fixed name, whichever precision was exported (model.int8.onnx too).
+        copy = Path(tmp) / ONNX_FILE
+        copy.write_bytes(onnx_path.read_bytes())
+        package = Path(tmp) / "code" / "aider_edge"
+        shutil.copytree(
+            Path(serving.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+        return mlflow.pyfunc.log_model(
+            name=ONNX_MODEL_NAME,
+            python_model=serving.ClassifierModel(),
+            artifacts={serving.ONNX_ARTIFACT: str(copy)},
+            # The package travels with the model: `mlflow models serve` and pyfunc.load_model
+            # work where aider-edge is not installed (it is not on PyPI).
+            code_paths=[str(package)],
+            signature=ModelSignature(serving.input_schema(), serving.output_schema(classes)),
+            input_example=pd.DataFrame({serving.IMAGE: [example]}) if example else None,
+            pip_requirements=[
+                *mlflow.onnx.get_default_pip_requirements(),
+                *_pins("mlflow", "numpy", "pandas", "pillow"),
+            ],
+            metadata=metadata,
+        )
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    previous = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _pins(*packages: str) -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in packages]
+
+
+def _example_image(params: Params, root: Path, onnx_path: Path) -> bytes | None:
+    """The first test image as the model sees it, PNG-encoded: a real input example, small."""
+    import io
+
+    from PIL import Image
+
+    from aider_edge.contract import classes_from_metadata
+    from aider_edge.data.cache import workspace_cache
+    from aider_edge.edge.runtime import OnnxClassifier
+
+    test_csv = root / layout.TEST_SPLIT
+    if not test_csv.is_file():
+        return None
+    model = OnnxClassifier.from_file(onnx_path)
+    cache = workspace_cache(root, model.preprocessing.input_size, params.data)
+    try:
+        split = cache.open_split(test_csv, classes_from_metadata(model.metadata))
+    except AiderEdgeError:  # other classes than the split's: the gate says so, not this
+        return None
+    if len(split) == 0:
+        return None
+    buffer = io.BytesIO()
+    Image.fromarray(split.images(range(1))[0]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _log_test_figures(params: Params, root: Path, onnx_path: Path, run_id: str, model_id: str):
+    """The ONNX model's test figures as metrics of its logged model, linked to the test split,
+    so the Models tab and the version page show what was registered."""
+    import mlflow
+
+    from aider_edge.summaries import SUMMARY_FIGURES
+
+    try:
+        scored = score_onnx(params, root, onnx_path)
+    except AiderEdgeError as exc:  # registration stands; the gate scores (and says) again
+        log.warning("the registered model has no test figures: %s", exc)
+        return
+    if scored is None:  # other classes than data.classes: no figure describes it here
+        return
+    mlflow.log_metrics(
+        {f"{ONNX_TEST_PREFIX}{name}": float(scored[name]) for name in SUMMARY_FIGURES},
+        run_id=run_id,
+        model_id=model_id,
+        dataset=tracking.split_dataset(root / layout.TEST_SPLIT, tracking.TEST_DATASET),
+    )
 
 
 def _undo(client, name: str, created, model_id: str | None) -> None:
@@ -253,6 +376,7 @@ def _global_uri(uri: str) -> Iterator[None]:
     import mlflow
 
     previous = os.environ.get("MLFLOW_TRACKING_URI")
+    previous_registry = os.environ.get("MLFLOW_REGISTRY_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
@@ -260,7 +384,11 @@ def _global_uri(uri: str) -> Iterator[None]:
     finally:
         # mlflow accepts None (it unsets the URI) although its annotations omit it.
         mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]
-        mlflow.set_registry_uri(previous)  # type: ignore[arg-type]
+        mlflow.set_registry_uri(previous_registry)  # type: ignore[arg-type]
+        if previous_registry is None:
+            # set_registry_uri(None) leaves MLFLOW_REGISTRY_URI exported (mlflow 3.17), and a
+            # later client without a registry_uri would use this store's registry.
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 def _jsonable(value: Any) -> Any:
@@ -349,13 +477,52 @@ def fetch_version(uri: str, params: Params, version: str, dest: Path) -> tuple[P
                 registry_uri=uri,
             )
         )
-    path = folder / ONNX_FILE
+    # A pyfunc keeps the file among its artifacts; versions registered before it as the onnx
+    # flavour hold it at the top.
+    path = next(
+        (p for p in (folder / "artifacts" / ONNX_FILE, folder / ONNX_FILE) if p.is_file()),
+        folder / ONNX_FILE,
+    )
     if not path.is_file():
         raise RegistryError(
             f"version {version} of {params.registry.model_name} has no {ONNX_FILE}: "
             "it was not registered by aider-edge"
         )
     return path, Model.load(str(folder / "MLmodel")).metadata or {}
+
+
+def serve_command(
+    params: Params, root: Path, alias: str, host: str, port: int
+) -> tuple[list[str], dict[str, str]]:
+    """``(argv, environment)`` of ``mlflow models serve`` for the version behind ``alias``.
+
+    The store is the pipeline's (params.yaml, or ``MLFLOW_TRACKING_URI``); the alias is checked
+    first, so a registry without a champion is one line, not a server that dies at start."""
+    import shutil
+    import sys
+
+    uri, client = connect(params, Path(root).resolve())
+    if alias_version(client, params, alias) is None:
+        raise RegistryError(
+            f"{params.registry.model_name} has no {alias!r} version: run the flow "
+            "(make run) to register and promote one"
+        )
+    bin_dir = str(Path(sys.executable).parent)
+    mlflow_cli = shutil.which("mlflow", path=bin_dir) or shutil.which("mlflow") or "mlflow"
+    argv = [
+        mlflow_cli, "models", "serve",
+        "-m", f"models:/{params.registry.model_name}@{alias}",
+        # The model runs in this environment: aider-edge's own pins, nothing to download.
+        "--env-manager", "local",
+        "--host", host,
+        "--port", str(port),
+    ]  # fmt: skip
+    # The server starts `uvicorn` from PATH: this environment's, also when it is not activated.
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+    }
+    return argv, env
 
 
 def promote(

@@ -24,11 +24,13 @@ Run contents
       ``split.scenarios.s1``, ``validate.fp32_atol``); lists are JSON strings; then the derived
       figures (``sigma``, ``tau``, ``lambda``, ``class_count.<class>``, ...) via
       :meth:`RunTracker.log_derived`.
-    * input: the training split CSV as an MLflow dataset ``train_<scenario>`` (context
-      ``training``, targets ``label``).
+    * inputs: the split CSVs as MLflow datasets (targets ``label``): ``train_<scenario>``
+      (context ``training``), ``val`` (``validation``) and ``test`` (``test``).
     * metrics: per epoch (step = epoch) every numeric value of the epoch record (``loss``, ``ce``,
       ``supcon``, ``val_g_mean``, ...); at the end ``val_*`` / ``test_*`` scalars plus
-      ``val_f1.<class>``, ``val_recall.<class>`` (and ``test_`` likewise).
+      ``val_f1.<class>``, ``val_recall.<class>`` (and ``test_`` likewise), linked to the logged
+      model and to the dataset they were measured on (``val`` / ``test``), so the Models tab and
+      ``mlflow.search_logged_models`` show them per model.
     * artifacts: ``metrics.json``; ``plots/{val,test}_confusion_matrix.png`` and
       ``plots/{val,test}_f1_per_class.png``; the classifier as an MLflow model ``model``
       (an MLflow 3 *logged model* linked to the run, see :meth:`RunTracker.log_model`).
@@ -89,6 +91,12 @@ TAG_WORKSPACE = "aider_edge.workspace"  # the checkout a run was trained in (sta
 TAG_FAILURE = "aider_edge.failure"  # why a run ended FAILED or KILLED, in one line
 """``"report"`` on the run that holds the report artifacts (training runs have no stage tag)."""
 
+TRAINING, VALIDATION, TEST = "training", "validation", "test"
+"""Dataset contexts (the ``mlflow.data.context`` input tag)."""
+VAL_DATASET, TEST_DATASET = "val", "test"
+"""Names of the val/test split datasets (the training split's is ``train_<scenario>``)."""
+BLOCK_CONTEXT = {"val": VALIDATION, "test": TEST}
+"""The split each ``metrics.json`` block was measured on."""
 MODEL_NAME = "model"
 """``name`` of the logged model (MLflow 3's replacement for ``artifact_path``)."""
 PLOTS_DIR = "plots"
@@ -208,18 +216,42 @@ _DUPLICATE_ROW = ("UNIQUE constraint failed", "duplicate key value", "Duplicate 
 """How sqlite, PostgreSQL and MySQL word a lost insert race (the MLflow server passes it on)."""
 
 
-def _log_input_once_created(dataset: Any, attempts: int = 3) -> None:
+def split_dataset(csv_path: Path, name: str) -> Any:
+    """A split CSV as an MLflow pandas dataset (targets ``label``); its digest is the content's,
+    so the same split is the same dataset in every run and registered model."""
+    import pandas as pd
+
+    # From its defining module: mlflow.data attaches the same function at import time,
+    # which mypy cannot see.
+    from mlflow.data.pandas_dataset import from_pandas
+
+    # mlflow creates its artifact source classes at import time; no stub declares them.
+    from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]
+
+    csv_path = Path(csv_path).resolve()
+    # An explicit source: a plain path string makes MLflow warn that two (identical) local
+    # sources could resolve it (mlflow/mlflow#9702).
+    return from_pandas(
+        pd.read_csv(csv_path),
+        source=LocalArtifactDatasetSource(str(csv_path)),
+        name=name,
+        targets="label",
+    )
+
+
+def _log_input_once_created(dataset: Any, context: str, attempts: int = 3) -> None:
     """``mlflow.log_input`` that survives a concurrent run logging the same dataset.
 
     The tracking store gets-or-creates a dataset row by (experiment, name, digest) without a lock:
     two runs of one scenario starting together (fan-out workers) both try to insert it, and the
-    loser gets an integrity error. The row then exists, so logging again links to it."""
+    loser gets an integrity error (the val/test splits are shared by every run). The row then
+    exists, so logging again links to it."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     for attempt in range(attempts):
         try:
-            mlflow.log_input(dataset, context="training")
+            mlflow.log_input(dataset, context=context)
             return
         except MlflowException as exc:
             if attempt == attempts - 1 or not any(m in str(exc) for m in _DUPLICATE_ROW):
@@ -292,6 +324,9 @@ class RunTracker:
         self.method = method
         self.model_uri: str | None = None
         """``models:/<model_id>`` of the logged classifier, once :meth:`log_model` ran."""
+        self.model_id: str | None = None
+        self.datasets: dict[str, Any] = {}
+        """context -> the MLflow dataset of that split (:meth:`add_dataset`)."""
         self.device: dict[str, Any] = {}
         """What trained the run (:meth:`log_device`), also written to ``run.json``."""
         self._next_step = 0  # one past the last epoch step logged
@@ -354,6 +389,9 @@ class RunTracker:
     def log_final(self, metrics: Mapping[str, Any], out_dir: Path) -> None:
         """The run's result: ``val_*``/``test_*`` metrics, ``metrics.json`` and the plots.
 
+        Call it after :meth:`log_model`: each block's metrics are linked to the logged model
+        and to its split's dataset (``val`` / ``test``), which the Models tab shows.
+
         ``metrics`` is the full ``metrics.json`` dict, already written to ``out_dir/metrics.json``
         by the stage; that file is logged as an artifact. Per block, the scalars become
         ``<block>_<name>`` and the per-class F1/recall ``<block>_f1.<class>`` /
@@ -366,9 +404,11 @@ class RunTracker:
         highest step, which must be the final model's, not the last epoch's. The history chart
         thus ends with one point for the final (best-epoch) model.
         """
-        values: dict[str, float] = {}
+        import mlflow
+
         blocks = {b: metrics[b] for b in ("val", "test") if isinstance(metrics.get(b), Mapping)}
         for block, block_metrics in blocks.items():
+            values: dict[str, float] = {}
             for key, value in block_metrics.items():
                 if _is_number(value):
                     values[_key(f"{block}_{key}")] = value
@@ -381,7 +421,13 @@ class RunTracker:
                 for cls, value in (block_metrics.get(source) or {}).items():
                     if _is_number(value):
                         values[_key(f"{block}_{name}.{cls}")] = value
-        self.log_metrics(values, step=self._next_step)
+            mlflow.log_metrics(
+                {k: float(v) for k, v in values.items()},
+                step=self._next_step,
+                run_id=self.run_id,
+                model_id=self.model_id,
+                dataset=self.datasets.get(BLOCK_CONTEXT[block]),
+            )
 
         self.client.log_artifact(self.run_id, str(Path(out_dir) / layout.RUN_METRICS))
         with tempfile.TemporaryDirectory(prefix="aider-edge-plots-") as tmp:
@@ -437,30 +483,17 @@ class RunTracker:
             validate_serving_input=False,
         )
         self.model_uri = info.model_uri
+        self.model_id = info.model_id
         return info.model_uri
 
-    def log_dataset(self, csv_path: Path, name: str) -> None:
-        """The split CSV as an MLflow dataset input (context ``training``, targets ``label``)."""
-        import pandas as pd
-
-        # From its defining module: mlflow.data attaches the same function at import time,
-        # which mypy cannot see.
-        from mlflow.data.pandas_dataset import from_pandas
-
-        # mlflow creates its artifact source classes at import time; no stub declares them.
-        from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]
-
+    def add_dataset(self, csv_path: Path, name: str, context: str, *, log: bool = True) -> None:
+        """The split CSV as the dataset of ``context``; logged as a run input unless ``log`` is
+        false (a resumed run logged it before: MLflow refuses a second log)."""
         self._require_active()
-        csv_path = Path(csv_path).resolve()
-        # An explicit source: a plain path string makes MLflow warn that two (identical) local
-        # sources could resolve it (mlflow/mlflow#9702).
-        dataset = from_pandas(
-            pd.read_csv(csv_path),
-            source=LocalArtifactDatasetSource(str(csv_path)),
-            name=name,
-            targets="label",
-        )
-        _log_input_once_created(dataset)
+        dataset = split_dataset(csv_path, name)
+        self.datasets[context] = dataset
+        if log:
+            _log_input_once_created(dataset, context)
 
     def write_run_json(self, out_dir: Path) -> Path:
         """``out_dir/run.json``: ``run_id``, ``experiment_id``, ``tracking_uri`` (credentials
@@ -604,9 +637,16 @@ def tracked_run(
             )
         tracker = RunTracker(client, run.info.run_id, experiment_id, uri, scenario, method)
         try:
-            if resumed is None:  # params and input are logged once (MLflow refuses a re-log)
+            first = resumed is None  # params and inputs are logged once (MLflow refuses a re-log)
+            if first:
                 tracker.log_params(flatten_params(params))
-                tracker.log_dataset(train_split_csv, f"train_{scenario}")
+            tracker.add_dataset(train_split_csv, f"train_{scenario}", TRAINING, log=first)
+            for csv_path, name, context in (
+                (root / layout.VAL_SPLIT, VAL_DATASET, VALIDATION),
+                (root / layout.TEST_SPLIT, TEST_DATASET, TEST),
+            ):
+                if csv_path.is_file():
+                    tracker.add_dataset(csv_path, name, context, log=first)
             yield tracker
         except BaseException as exc:
             killed = isinstance(exc, KeyboardInterrupt)

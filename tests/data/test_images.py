@@ -271,3 +271,39 @@ def test_load_truncated_images_global_is_restored(tmp_path, monkeypatch, flag):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is flag
     load_rgb(tmp_path / "full.jpg", MAX_PIXELS)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is flag
+
+
+# --- bytes (what a client sends the served model) ---------------------------------------------
+
+
+def test_bytes_decode_exactly_as_the_file_does(tmp_path):
+    """EXIF orientation, mode conversion and the JPEG draft all apply to bytes as to a file."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).convert("CMYK")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways
+    path = tmp_path / "sideways.jpg"
+    image.save(path, exif=exif)
+    from_file = load_rgb(path, MAX_PIXELS, draft_size=(16, 16))
+    from_bytes = load_rgb(path.read_bytes(), MAX_PIXELS, draft_size=(16, 16))
+    assert from_bytes.size == from_file.size
+    assert from_file.size[0] < from_file.size[1]  # upright: taller than wide
+    np.testing.assert_array_equal(_pixels(from_bytes), _pixels(from_file))
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "zero-byte file"),
+        (b"GIF89a not one we read", "not an image"),
+        ("half a JPEG", "corrupt or truncated image"),
+    ],
+)
+def test_bad_bytes_are_rejected_with_a_reason(data, reason, tmp_path):
+    if data == "half a JPEG":
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "whole.jpg")
+        whole = (tmp_path / "whole.jpg").read_bytes()
+        data = whole[: len(whole) // 2]
+    with pytest.raises(ImageRejected) as info:
+        load_rgb(data, MAX_PIXELS)
+    assert info.value.reason.startswith(reason) and "\n" not in info.value.reason

@@ -10,6 +10,7 @@ short reason that ingest writes to ``rejected.csv``.
 from __future__ import annotations
 
 import contextlib
+import io
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,12 +49,12 @@ def inspect_image(path: Path, max_pixels: int) -> tuple[int, int]:
 
 
 def load_rgb(
-    path: Path,
+    path: Path | bytes,
     max_pixels: int,
     draft_size: tuple[int, int] | None = None,
     limit_name: str = "data.max_pixels",
 ) -> Image.Image:
-    """Decode ``path`` into an upright 8-bit RGB image.
+    """Decode ``path`` (a file, or the bytes of one) into an upright 8-bit RGB image.
 
     ``draft_size`` lets JPEG decode at a reduced scale (DCT scaling, at least that size), which
     is several times faster when the result is resized down anyway. ``limit_name`` is the setting
@@ -111,27 +112,35 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
 
 @contextlib.contextmanager
 def _opened(
-    path: Path,
+    source: Path | bytes,
     max_pixels: int,
     draft_size: tuple[int, int] | None = None,
     limit_name: str = "data.max_pixels",
 ) -> Iterator[Image.Image]:
-    """Open, check size against ``max_pixels`` from the header, and decode every pixel."""
-    path = Path(path)
-    if not is_image_name(path):
-        raise ImageRejected(f"unsupported file type {path.suffix or '(none)'}")
-    try:
-        if path.stat().st_size == 0:
+    """Open, check size against ``max_pixels`` from the header, and decode every pixel.
+
+    ``source`` is a file or its bytes (an upload to the served model): one decoder for both, so a
+    file scores the same whether the drone reads it from disk or a client sends it."""
+    if isinstance(source, bytes | bytearray):
+        if not source:
             raise ImageRejected("zero-byte file")
-    except OSError as exc:
-        raise ImageRejected(f"unreadable: {exc.strerror or exc}") from None
+        opened: Path | io.BytesIO = io.BytesIO(source)
+    else:
+        opened = path = Path(source)
+        if not is_image_name(path):
+            raise ImageRejected(f"unsupported file type {path.suffix or '(none)'}")
+        try:
+            if path.stat().st_size == 0:
+                raise ImageRejected("zero-byte file")
+        except OSError as exc:
+            raise ImageRejected(f"unreadable: {exc.strerror or exc}") from None
     # Pillow's own bomb guard is a process-wide global; the caller's limit, checked on the
     # header's size before any pixel is decoded, is the one that counts, so Pillow's warning is
     # silenced here. Only its hard error (twice its limit) still applies on top.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path, formats=_FORMATS)
+            image = Image.open(opened, formats=_FORMATS)
     except UnidentifiedImageError:
         raise ImageRejected("not an image (or an unsupported format)") from None
     except Image.DecompressionBombError:

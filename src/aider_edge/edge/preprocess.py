@@ -33,18 +33,19 @@ __all__ = [
 
 
 def load_frame(
-    path: Path,
+    path: Path | bytes,
     size: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     limit_name: str = "data.max_pixels",
 ) -> np.ndarray:
-    """A file as a (size, size, 3) uint8 RGB array; raises :class:`ImageRejected` with a reason.
+    """A file (or its bytes) as a (size, size, 3) uint8 RGB array; raises :class:`ImageRejected`
+    with a reason.
 
     ``limit_name``: the setting a too-large image's reason names (``predict`` passes its option).
     """
     # draft_size as in training: JPEGs decode at a reduced DCT scale when that is still >= size,
     # which changes pixels slightly, so it must match for outputs to match.
-    image = load_rgb(Path(path), max_pixels, draft_size=(size, size), limit_name=limit_name)
+    image = load_rgb(path, max_pixels, draft_size=(size, size), limit_name=limit_name)
     return resize_frame(image, size)
 
 

@@ -124,10 +124,10 @@ def run(
         write_plots(out_dir, history, test_labels, test_logits.argmax(1), classes)
         atomic.write_json(out_dir / layout.RUN_METRICS, metrics)
         atomic.write_json(out_dir / layout.RUN_SUMMARY, run_summary(metrics))
-        tracked.log_final(metrics, out_dir)
         model.cpu()  # the logged model must load on hosts without the training device
         example = normalize(to_batch_tensor(data.val.images(range(2)))).numpy()
         tracked.log_model(model.classifier_only(), example)
+        tracked.log_final(metrics, out_dir)  # after the model: its metrics link to it
         tracked.write_run_json(out_dir)
     (out_dir / layout.RESUME_CHECKPOINT).unlink(missing_ok=True)
     return metrics
