@@ -29,8 +29,8 @@ def test_shipped_params_load_with_the_paper_scenarios():
 
 def test_defaults_cover_every_section():
     params = parse_params({})
-    assert params.loss.tau_min == 0.01 and params.loss.tau_max == 0.1
-    assert params.loss.lambda_min == 0.1 and params.loss.lambda_max == 1.0
+    assert params.loss.adaptive.tau_min == 0.01 and params.loss.adaptive.tau_max == 0.1
+    assert params.loss.adaptive.lambda_min == 0.1 and params.loss.adaptive.lambda_max == 1.0
     assert params.validate_.fp32_atol == 1e-4
 
 
@@ -287,3 +287,27 @@ def test_stage_time_limits_go_by_stage_kind_with_a_default():
     assert flow.timeout_s("ingest") == 7200 and flow.timeout_s("validate") == 3600
     with pytest.raises(ConfigError, match=r"flow.stage_timeout_s.*needs a `default` entry"):
         parse_params({"flow": {"stage_timeout_s": {"train": 60}}}, source="test")
+
+
+def test_every_method_has_its_own_loss_section_and_the_flat_keys_say_where_they_went():
+    from typing import get_args
+
+    from aider_edge.config import FLAT_LOSS_KEYS, LossConfig, Method
+
+    assert set(LossConfig.model_fields) == set(get_args(Method))
+    for method in get_args(Method):
+        assert LossConfig().of(method) is getattr(LossConfig(), method)
+    for flat, nested in FLAT_LOSS_KEYS.items():
+        section, key = nested.split(".")
+        assert key in LossConfig.model_fields[section].annotation.model_fields or key == "lambda"
+        with pytest.raises(ConfigError) as err:
+            parse_params({"loss": {flat: 1.0}})
+        assert str(err.value) == (
+            f"params: loss.{flat} = 1.0: moved to loss.{nested} (each method has its own "
+            "section, see params.yaml)"
+        )
+    bounds = {"loss": {"adaptive": {"tau_min": 0.5, "tau_max": 0.1}}}
+    with pytest.raises(ConfigError, match=r"loss\.adaptive\.tau_min = 0\.5: must not exceed"):
+        parse_params(bounds)
+    fixed = parse_params({"loss": {"supcon_fixed": {"lambda": 0.7}}}).loss.supcon_fixed
+    assert (fixed.tau, fixed.lambda_) == (0.1, 0.7)

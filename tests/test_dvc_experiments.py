@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import TINY_PROFILES, TINY_PROJECT, make_project, run_command
+from conftest import TINY_PROFILES, TINY_PROJECT, edit_params, make_project, run_command
 
 pytestmark = pytest.mark.slow  # real `dvc repro` and `dvc exp run` in a temporary repository
 
@@ -52,6 +52,19 @@ def experiments(repo: Path) -> dict[str, dict]:
 def shown_metrics(data: dict) -> dict[str, dict]:
     metrics = data["metrics"]
     return {path: metrics[path]["data"] for path in metrics if "data" in metrics[path]}
+
+
+def test_a_methods_loss_knob_is_a_dependency_of_its_own_runs_only(finished: Path):
+    """loss.<method> per run: tuning adaptive's schedule leaves the baseline run up to date."""
+    try:
+        edit_params(finished, {"loss": {"adaptive": {"tau0": 0.2}}})
+        status = json.loads(run_command(["dvc", "status", "--json"], finished).stdout)
+        assert not [stage for stage in status if stage.startswith("train@")], status
+        edit_params(finished, {"train": {"methods": ["baseline", "adaptive"]}})
+        status = json.loads(run_command(["dvc", "status", "--json"], finished).stdout)
+        assert "train@s1-adaptive" in status and "train@s1-baseline" not in status, status
+    finally:
+        run_command(["git", "checkout", "params.yaml"], finished)
 
 
 def test_experiments_keep_their_figures_and_a_new_method_trains_only_its_runs(finished: Path):

@@ -54,16 +54,20 @@ def test_a_run_depends_on_every_key_it_reads_and_not_on_the_matrix():
 
     declared = set(paths("train", "params"))
     matrix_keys = {"train.scenarios", "train.methods"}
-    for section, config in (("train", TrainConfig), ("model", ModelConfig), ("loss", LossConfig)):
+    for section, config in (("train", TrainConfig), ("model", ModelConfig)):
         keys = {p for p in declared if p.split(".")[0] == section}
         expected = {f"{section}.{k}" for k in config.model_fields} - matrix_keys
         assert keys == expected, section
+    # Of the loss knobs, a run reads (and depends on) its own method's section only.
+    assert {p for p in declared if p.startswith("loss")} == {"loss.${item.method}"}
+    assert "--method ${item.method}" in STAGES["train"]["cmd"]
     # DVC refuses a params dependency that the shipped file does not spell out.
     for name in ("params.yaml", "params.paper.yaml"):
         shipped = yaml.safe_load((REPO_ROOT / name).read_text())
-        for key in declared:
+        for key in declared - {"loss.${item.method}"}:
             section, _, field = key.partition(".")
             assert not field or field in shipped[section], f"{name}: {key}"
+        assert set(shipped["loss"]) == set(LossConfig.model_fields), name
         load_params(REPO_ROOT / name)
 
 

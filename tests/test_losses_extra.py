@@ -193,19 +193,28 @@ def test_method_loss_dispatches_and_backpropagates(method: str) -> None:
 
 def test_config_accepts_the_methods_and_checks_their_knobs() -> None:
     base = {"train": {"methods": list(METHODS), "epochs": 5}}
-    params = parse_params(base | {"loss": {"drw_epoch": 4, "focal_gamma": 1.0}})
+    knobs = {"ldam_drw": {"drw_epoch": 4}, "cb_focal": {"gamma": 1.0}}
+    params = parse_params(base | {"loss": knobs})
     assert params.train.methods == list(METHODS)
     setup = loss_setup(params, "cb_focal", np.array([0, 0, 1, 2, 3, 4]), 5)
     assert setup.prior is not None and setup.prior.focal_gamma == 1.0
     assert setup.tau is None and setup.lambda_ is None
     assert loss_setup(params, "wce", np.array([0, 1, 2, 3, 4]), 5).prior is None
-    with pytest.raises(ConfigError, match=r"loss\.drw_epoch = 5: must be less than train\.epochs"):
-        parse_params(base | {"loss": {"drw_epoch": 5}})
+    with pytest.raises(
+        ConfigError, match=r"loss\.ldam_drw\.drw_epoch = 5: must be less than train\.epochs"
+    ):
+        parse_params(base | {"loss": {"ldam_drw": {"drw_epoch": 5}}})
     # Without ldam_drw the epoch does not matter.
-    parse_params({"train": {"methods": ["cb_focal"], "epochs": 2}, "loss": {"drw_epoch": 9}})
-    for key, bad in (("cb_beta", 1.0), ("drw_beta", -0.1), ("la_tau", -1.0), ("ldam_scale", 0.0)):
-        with pytest.raises(ConfigError, match=rf"loss\.{key}"):
-            parse_params({"loss": {key: bad}})
+    late = {"ldam_drw": {"drw_epoch": 9}}
+    parse_params({"train": {"methods": ["cb_focal"], "epochs": 2}, "loss": late})
+    for section, key, bad in (
+        ("cb_focal", "beta", 1.0),
+        ("ldam_drw", "drw_beta", -0.1),
+        ("logit_adjusted", "tau", -1.0),
+        ("ldam_drw", "scale", 0.0),
+    ):
+        with pytest.raises(ConfigError, match=rf"loss\.{section}\.{key}"):
+            parse_params({"loss": {section: {key: bad}}})
 
 
 def tinted_split(n: int, seed: int, counts: tuple[int, ...]) -> DecodedSplit:
@@ -233,7 +242,7 @@ def test_a_real_run_of_each_method_lowers_its_loss(method: str, tmp_path) -> Non
             # Six epochs: per-epoch training loss is noisy at batch 12 (batch norm, augmentation),
             # and four were too few on some CPUs for the trend to show.
             "train": {"methods": [method], "epochs": 6, "batch_size": 12, "lr": 0.003},
-            "loss": {"drw_epoch": 5},
+            "loss": {"ldam_drw": {"drw_epoch": 5}},
         }
     )
     _, history, setup = train(params, data, method, tmp_path, data_hash="h")

@@ -274,7 +274,7 @@ def golden_params(method: str):
                 "device": "cpu",
                 "amp": "none",
             },
-            "loss": {"drw_epoch": 1},  # both halves of LDAM-DRW
+            "loss": {"ldam_drw": {"drw_epoch": 1}},  # both halves of LDAM-DRW
         }
     )
 

@@ -418,7 +418,7 @@ def verdict(name, paired, ablations, summary, picked, scenarios, methods) -> tup
     ldam = paired.get(("s1", "ldam_drw"))
     if ldam and ldam["g_mean"]["mean"] <= 0:
         lines.append(
-            "- LDAM-DRW is re-weighted only from `loss.drw_epoch` (the last epoch here, as Cao et "
+            "- LDAM-DRW is re-weighted only from `loss.ldam_drw.drw_epoch` (the last epoch here, as Cao et "
             "al. re-weight the last 20 %); in this short schedule that is too late to rescue the "
             "minorities in s1."
         )

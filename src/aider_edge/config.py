@@ -317,8 +317,14 @@ class TrainConfig(_Section):
         return scenarios
 
 
-class LossConfig(_Section):
-    """The paper's adaptive schedule: tau and lambda follow sigma of the class frequencies."""
+class NoLossKnobs(_Section):
+    """``baseline`` and ``wce`` read no loss knob (the section exists so that DVC can depend on
+    ``loss.<method>`` for every method)."""
+
+
+class AdaptiveLoss(_Section):
+    """``adaptive``, the paper's schedule: tau and lambda follow sigma of the class frequencies,
+    ``tau = clip(tau0 (1 - sigma))``, ``lambda = clip(lambda0 (1 + sigma))``."""
 
     tau0: PositiveFloat = 0.1
     lambda0: PositiveFloat = 0.5
@@ -326,35 +332,105 @@ class LossConfig(_Section):
     tau_max: PositiveFloat = 0.1
     lambda_min: Annotated[float, Field(ge=0)] = 0.1
     lambda_max: PositiveFloat = 1.0
-    # Knobs of the prior-aware methods (aider_edge.losses; defaults are the papers').
-    la_tau: Annotated[float, Field(ge=0)] = 1.0
-    """``logit_adjusted``: logits + la_tau * log(prior) (Menon et al. 2021); 1 = balanced softmax."""
-    ldam_max_margin: PositiveFloat = 0.5
-    """``ldam_drw``: the rarest class's margin; others get C / n_c^(1/4) (Cao et al. 2019)."""
-    ldam_scale: PositiveFloat = 1.0
-    """``ldam_drw``: logit scale s (the reference code's 30 is for cosine logits; ours are raw)."""
-    drw_epoch: NonNegativeInt = 6
-    """``ldam_drw``: first (0-based) epoch with re-weighting; Cao et al. switch at 80 % of training."""
-    drw_beta: Annotated[float, Field(ge=0, lt=1)] = 0.9999
-    """``ldam_drw``: effective-number beta of the deferred class weights."""
-    cb_beta: Annotated[float, Field(ge=0, lt=1)] = 0.9999
-    """``cb_focal``: effective-number beta (Cui et al. 2019); 0 = no re-weighting."""
-    focal_gamma: Annotated[float, Field(ge=0)] = 2.0
-    """``cb_focal``: focusing parameter; 0 = class-balanced sigmoid cross-entropy."""
 
     @model_validator(mode="after")
-    def _ordered_bounds(self) -> LossConfig:
+    def _ordered_bounds(self) -> AdaptiveLoss:
         if self.tau_min > self.tau_max:
             raise _KeyedError(
-                ("loss", "tau_min"), self.tau_min, f"must not exceed tau_max {self.tau_max}"
+                ("loss", "adaptive", "tau_min"),
+                self.tau_min,
+                f"must not exceed tau_max {self.tau_max}",
             )
         if self.lambda_min > self.lambda_max:
             raise _KeyedError(
-                ("loss", "lambda_min"),
+                ("loss", "adaptive", "lambda_min"),
                 self.lambda_min,
                 f"must not exceed lambda_max {self.lambda_max}",
             )
         return self
+
+
+class FixedSupConLoss(_Section):
+    """``supcon_fixed``, the paper's ablation: the same losses with tau and lambda fixed."""
+
+    tau: PositiveFloat = 0.1
+    lambda_: PositiveFloat = Field(default=0.5, alias="lambda")
+
+
+class LogitAdjustedLoss(_Section):
+    """``logit_adjusted`` (Menon et al. 2021)."""
+
+    tau: Annotated[float, Field(ge=0)] = 1.0
+    """Logits + tau * log(prior); 1 = balanced softmax."""
+
+
+class LdamDrwLoss(_Section):
+    """``ldam_drw`` (Cao et al. 2019)."""
+
+    max_margin: PositiveFloat = 0.5
+    """The rarest class's margin; others get C / n_c^(1/4)."""
+    scale: PositiveFloat = 1.0
+    """Logit scale s (the reference code's 30 is for cosine logits; ours are raw)."""
+    drw_epoch: NonNegativeInt = 6
+    """First (0-based) epoch with re-weighting; Cao et al. switch at 80 % of training."""
+    drw_beta: Annotated[float, Field(ge=0, lt=1)] = 0.9999
+    """Effective-number beta of the deferred class weights."""
+
+
+class CbFocalLoss(_Section):
+    """``cb_focal`` (Cui et al. 2019)."""
+
+    beta: Annotated[float, Field(ge=0, lt=1)] = 0.9999
+    """Effective-number beta; 0 = no re-weighting."""
+    gamma: Annotated[float, Field(ge=0)] = 2.0
+    """Focusing parameter; 0 = class-balanced sigmoid cross-entropy."""
+
+
+FLAT_LOSS_KEYS = {
+    **{k: f"adaptive.{k}" for k in ("tau0", "lambda0", "tau_min", "tau_max")},
+    **{k: f"adaptive.{k}" for k in ("lambda_min", "lambda_max")},
+    "la_tau": "logit_adjusted.tau",
+    "ldam_max_margin": "ldam_drw.max_margin",
+    "ldam_scale": "ldam_drw.scale",
+    "drw_epoch": "ldam_drw.drw_epoch",
+    "drw_beta": "ldam_drw.drw_beta",
+    "cb_beta": "cb_focal.beta",
+    "focal_gamma": "cb_focal.gamma",
+}
+"""Where each key of the earlier flat ``loss`` section lives now (for the error that says so)."""
+
+
+class LossConfig(_Section):
+    """One section per method, holding exactly the knobs that method reads: each training run
+    depends on its own ``loss.<method>`` only (dvc.yaml), so tuning one method retrains only its
+    runs. Defaults are the papers'."""
+
+    baseline: NoLossKnobs = NoLossKnobs()
+    wce: NoLossKnobs = NoLossKnobs()
+    adaptive: AdaptiveLoss = AdaptiveLoss()
+    supcon_fixed: FixedSupConLoss = FixedSupConLoss()
+    logit_adjusted: LogitAdjustedLoss = LogitAdjustedLoss()
+    ldam_drw: LdamDrwLoss = LdamDrwLoss()
+    cb_focal: CbFocalLoss = CbFocalLoss()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_keys_moved(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            for key, value in raw.items():
+                if key in FLAT_LOSS_KEYS:
+                    raise _KeyedError(
+                        ("loss", key),
+                        value,
+                        f"moved to loss.{FLAT_LOSS_KEYS[key]} (each method has its own "
+                        "section, see params.yaml)",
+                    )
+        return raw
+
+    def of(self, method: str) -> _Section:
+        """The section of ``method`` (what its runs read and DVC tracks for them)."""
+        section: _Section = getattr(self, method)
+        return section
 
 
 class SelectConfig(_Section):
@@ -650,10 +726,11 @@ class Params(_Section):
     @model_validator(mode="after")
     def _drw_starts_in_time(self) -> Params:
         # A re-weighting epoch past the last epoch would silently train plain LDAM.
-        if "ldam_drw" in self.train.methods and self.loss.drw_epoch >= self.train.epochs:
+        drw_epoch = self.loss.ldam_drw.drw_epoch
+        if "ldam_drw" in self.train.methods and drw_epoch >= self.train.epochs:
             raise _KeyedError(
-                ("loss", "drw_epoch"),
-                self.loss.drw_epoch,
+                ("loss", "ldam_drw", "drw_epoch"),
+                drw_epoch,
                 f"must be less than train.epochs ({self.train.epochs}) when ldam_drw is trained, "
                 "or the deferred re-weighting never starts (Cao et al. start it at 80 % of epochs)",
             )

@@ -20,7 +20,7 @@ Run contents
     * name ``<scenario>-<method>``; tags :data:`TAG_SCENARIO`, :data:`TAG_METHOD` and the lineage
       tags of :func:`aider_edge.lineage.lineage_tags`; the training device as tags ``device``,
       ``gpu_name``, ``cuda_version``, ``cudnn_version`` (:meth:`RunTracker.log_device`).
-    * params: every key of params.yaml flattened with dots (``train.lr``, ``loss.tau0``,
+    * params: every key of params.yaml flattened with dots (``train.lr``, ``loss.adaptive.tau0``,
       ``split.scenarios.s1``, ``validate.fp32_atol``); lists are JSON strings; then the derived
       figures (``sigma``, ``tau``, ``lambda``, ``class_count.<class>``, ...) via
       :meth:`RunTracker.log_derived`.

@@ -151,15 +151,17 @@ mean loss since the last read every :data:`LOG_EVERY` steps and ``None`` otherwi
 def loss_setup(params: Params, method: str, train_labels: np.ndarray, n_classes: int) -> LossSetup:
     counts = np.bincount(train_labels, minlength=n_classes).tolist()
     lc = params.loss
+    # sigma (logged for every run) depends on the counts only; tau and lambda on loss.adaptive
+    ad = lc.adaptive
     schedule = adaptive_schedule(
-        counts, lc.tau0, lc.lambda0, lc.tau_min, lc.tau_max, lc.lambda_min, lc.lambda_max
+        counts, ad.tau0, ad.lambda0, ad.tau_min, ad.tau_max, ad.lambda_min, ad.lambda_max
     )
     tau: float | None
     lambda_: float | None
     if method == "adaptive":
         tau, lambda_ = schedule.tau, schedule.lambda_
     elif method == "supcon_fixed":
-        tau, lambda_ = lc.tau0, lc.lambda0
+        tau, lambda_ = lc.supcon_fixed.tau, lc.supcon_fixed.lambda_
     else:
         tau = lambda_ = None
     weights = torch.tensor(class_weights(counts), dtype=torch.float32)
@@ -167,13 +169,13 @@ def loss_setup(params: Params, method: str, train_labels: np.ndarray, n_classes:
     if method in PRIOR_METHODS:
         prior = PriorLoss(
             class_counts=tuple(counts),
-            la_tau=lc.la_tau,
-            ldam_max_margin=lc.ldam_max_margin,
-            ldam_scale=lc.ldam_scale,
-            drw_epoch=lc.drw_epoch,
-            drw_beta=lc.drw_beta,
-            cb_beta=lc.cb_beta,
-            focal_gamma=lc.focal_gamma,
+            la_tau=lc.logit_adjusted.tau,
+            ldam_max_margin=lc.ldam_drw.max_margin,
+            ldam_scale=lc.ldam_drw.scale,
+            drw_epoch=lc.ldam_drw.drw_epoch,
+            drw_beta=lc.ldam_drw.drw_beta,
+            cb_beta=lc.cb_focal.beta,
+            focal_gamma=lc.cb_focal.gamma,
         )
     return LossSetup(counts, schedule, weights, tau, lambda_, prior)
 
@@ -456,7 +458,7 @@ def _forward_loss(
         lambda_=setup.lambda_,
         prior=setup.prior,
         prior_tensors=setup.prior_tensors,
-        epoch=epoch,  # ldam_drw re-weights from loss.drw_epoch on
+        epoch=epoch,  # ldam_drw re-weights from loss.ldam_drw.drw_epoch on
     )
 
 
@@ -627,7 +629,7 @@ def run_fingerprint(
         "image_size": params.data.image_size,
         "model": params.model.model_dump(),
         "train": params.train.model_dump(),
-        "loss": params.loss.model_dump(),
+        "loss": params.loss.of(method).model_dump(by_alias=True),
         "data": data_hash,
         "device": (device or torch.device("cpu")).type,
     }
