@@ -24,9 +24,10 @@ import yaml
 from mlflow import MlflowClient
 
 from aider_edge import atomic, lineage, tracking
+from aider_edge.calibration import calibrated_blocks, reliability_bins
 from aider_edge.config import MlflowConfig
 from aider_edge.errors import AiderEdgeError
-from aider_edge.metrics import classification_metrics
+from aider_edge.metrics import classification_metrics, probabilistic_metrics
 from conftest import run_command, small_params
 
 CLASSES = ["collapsed_building", "fire", "flooded_areas", "traffic_incident", "normal"]
@@ -106,7 +107,14 @@ def _metrics_json(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(5), 6)
     pred = np.where(rng.random(y.size) < 0.7, y, rng.integers(0, 5, y.size))
-    block = classification_metrics(y, pred, CLASSES)
+    logits = np.eye(5)[pred] * 4.0  # over-confident: a temperature above 1 helps
+    scored = {"val": (logits, y), "test": (logits, np.roll(y, 1))}
+    blocks = {
+        name: classification_metrics(labels, logits.argmax(1), CLASSES)
+        | probabilistic_metrics(labels, logits, CLASSES)
+        | {"reliability": reliability_bins(labels, logits)}
+        for name, (logits, labels) in scored.items()
+    }
     return {
         "scenario": "s1",
         "method": "adaptive",
@@ -114,8 +122,9 @@ def _metrics_json(seed: int = 0) -> dict:
         "tau": 0.07,
         "lambda": 0.65,
         "class_counts": dict.fromkeys(CLASSES, 4),
-        "val": block,
-        "test": classification_metrics(y, np.roll(pred, 1), CLASSES),
+        "val": blocks["val"],
+        "test": blocks["test"],
+        "calibration": calibrated_blocks(1.7, scored, CLASSES),
     }
 
 
@@ -193,8 +202,12 @@ def test_tracked_run_records_params_tags_metrics_artifacts_model_and_input(
     assert {a.path for a in client.list_artifacts(run.run_id, "plots")} == {
         f"plots/{b}_{kind}.png"
         for b in ("val", "test")
-        for kind in ("confusion_matrix", "f1_per_class")
+        for kind in ("confusion_matrix", "f1_per_class", "reliability")
     }
+    # temperature scaling: the fitted T and the figures after it, beside the raw ones
+    assert m["temperature"] == pytest.approx(1.7)
+    assert m["test_calibrated_ece"] == pytest.approx(metrics["calibration"]["test"]["ece"])
+    assert m["val_calibrated_log_loss"] < m["val_log_loss"]
     logged = mlflow.artifacts.download_artifacts(
         run_id=run.run_id,
         artifact_path="metrics.json",

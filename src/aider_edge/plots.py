@@ -1,4 +1,4 @@
-"""Per-run figures: confusion matrix and per-class F1 of one evaluation split.
+"""Per-run figures: confusion matrix, per-class F1 and reliability of one evaluation split.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly (Agg canvas), never through
 ``pyplot``: no global figure registry to leak into (``pyplot.get_fignums()`` stays empty), no
@@ -105,6 +105,33 @@ def per_class_f1_figure(f1_per_class: Mapping[str, float], title: str) -> Figure
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
+    return fig
+
+
+def reliability_figure(curves: Mapping[str, Sequence[Mapping[str, float]]], title: str) -> Figure:
+    """Accuracy against mean confidence per confidence bin, one line per curve (e.g. raw and
+    temperature-scaled), with the diagonal of perfect calibration; marker area ~ images in bin."""
+    if not curves:
+        raise ValueError("no reliability curve to draw")
+    fig = _new_figure(5.2, 4.4)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1, label="calibrated")
+    total = max(sum(int(b["count"]) for b in bins) for bins in curves.values()) or 1
+    for (name, bins), colour in zip(
+        curves.items(), ("#4878a8", "#c44e52", "#55a868"), strict=False
+    ):
+        x = [float(b["confidence"]) for b in bins]
+        y = [float(b["accuracy"]) for b in bins]
+        sizes = [12 + 240 * int(b["count"]) / total for b in bins]
+        ax.plot(x, y, color=colour, linewidth=1.2, label=name)
+        ax.scatter(x, y, s=sizes, color=colour, alpha=0.6, edgecolors="none")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("mean top-1 confidence in the bin")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
     return fig
 
 

@@ -407,6 +407,9 @@ class RunTracker:
         import mlflow
 
         blocks = {b: metrics[b] for b in ("val", "test") if isinstance(metrics.get(b), Mapping)}
+        calibration = metrics.get("calibration")
+        if not isinstance(calibration, Mapping):
+            calibration = {}
         for block, block_metrics in blocks.items():
             values: dict[str, float] = {}
             for key, value in block_metrics.items():
@@ -421,6 +424,13 @@ class RunTracker:
                 for cls, value in (block_metrics.get(source) or {}).items():
                     if _is_number(value):
                         values[_key(f"{block}_{name}.{cls}")] = value
+            # after temperature scaling (fitted on val): calibrated_* beside the raw figures
+            calibrated = calibration.get(block) or {}
+            for key, value in calibrated.items():
+                if _is_number(value):
+                    values[_key(f"{block}_calibrated_{key}")] = value
+            if block == "val" and _is_number(calibration.get("temperature")):
+                values["temperature"] = calibration["temperature"]
             mlflow.log_metrics(
                 {k: float(v) for k, v in values.items()},
                 step=self._next_step,
@@ -432,12 +442,35 @@ class RunTracker:
         self.client.log_artifact(self.run_id, str(Path(out_dir) / layout.RUN_METRICS))
         with tempfile.TemporaryDirectory(prefix="aider-edge-plots-") as tmp:
             for block, block_metrics in blocks.items():
-                self._draw(block, block_metrics, Path(tmp))
+                self._draw(block, block_metrics, calibration, Path(tmp))
             if any(Path(tmp).iterdir()):
                 self.client.log_artifacts(self.run_id, tmp, PLOTS_DIR)
 
-    def _draw(self, block: str, block_metrics: Mapping[str, Any], folder: Path) -> None:
+    def _draw(
+        self,
+        block: str,
+        block_metrics: Mapping[str, Any],
+        calibration: Mapping[str, Any],
+        folder: Path,
+    ) -> None:
         run = f"{self.scenario}-{self.method}"
+        raw_bins, scaled = block_metrics.get("reliability"), calibration.get(block) or {}
+        if raw_bins:
+            fig = plots.reliability_figure(
+                {
+                    f"raw (ECE {block_metrics.get('ece', float('nan')):.3f})": raw_bins,
+                    **(
+                        {
+                            f"T = {calibration['temperature']:.2f} "
+                            f"(ECE {scaled.get('ece', float('nan')):.3f})": scaled["reliability"]
+                        }
+                        if scaled.get("reliability")
+                        else {}
+                    ),
+                },
+                f"{run}: reliability ({block})",
+            )
+            plots.save_figure(fig, folder / f"{block}_reliability.png")
         f1 = block_metrics.get("f1_per_class")
         matrix = block_metrics.get("confusion_matrix")
         if isinstance(f1, Mapping) and f1:

@@ -96,7 +96,8 @@ def test_an_image_edited_after_ingest_is_not_cached_under_its_old_hash(run_works
     (root / first).write_bytes((root / first).read_bytes() + b"\0")  # same image, other bytes
     assert cli.main(RUN_ARGS) == cli.EXIT_USER_ERROR
     line = one_error_line(capsys)
-    assert f"{first} changed since ingest" in line and "`dvc repro ingest`" in line
+    assert f"error: {first} changed since ingest" in line and "`dvc repro ingest`" in line
+    assert str(root) not in line  # project-relative, as the split lists it
     index = json.loads((root / "data/cache/32px/index.json").read_text())  # the train split's
     assert sha not in index["sha256"]  # nothing cached under the old content's hash
 

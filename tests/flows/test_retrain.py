@@ -296,6 +296,32 @@ def test_second_run_without_changes_does_nothing_quickly(retrain, project, env):
     print(f"no-change run: {seconds:.1f} s")
 
 
+def test_a_registry_that_blinks_is_retried(retrain, project, env, monkeypatch):
+    """register / promote / publish are idempotent: one that crashes (a store that went away
+    for a moment) is retried by Prefect (flow.registry_retries) instead of failing the run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    real, calls = registry.register_challenger, []
+
+    def blink_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("tracking store connection reset")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "register_challenger", blink_once)
+    summary = retrain.retrain(project_dir=str(project))
+    assert len(calls) == 2 and summary["registration"]["new"] is False
+    assert versions(project) == ["1"] and champion(project) == "1"
+    with get_client(sync_client=True) as prefect:
+        runs = prefect.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[summary["flow_run_id"]]))
+        )
+    [register_run] = [r for r in runs if r.name.startswith("register")]
+    assert register_run.run_count == 2 and register_run.state.is_completed()
+
+
 def test_a_killed_flow_runs_record_makes_the_next_run_close_it(retrain, project, env):
     """``kill -9`` of a flow leaves its run RUNNING in Prefect and its record in the lock file."""
     from prefect.client.orchestration import get_client

@@ -194,28 +194,31 @@ class PixelCache:
     def _decode_all(
         self, todo: list[ImageRecord], progress: Progress | None
     ) -> Iterator[np.ndarray]:
-        jobs = [(self.project_root / r.path, r.sha256, self.size, self.max_pixels) for r in todo]
+        jobs = [
+            (self.project_root, Path(r.path), r.sha256, self.size, self.max_pixels) for r in todo
+        ]
         return map_with_progress(_decode_job, jobs, progress)
 
 
-def _decode_job(job: tuple[Path, str, int, int]) -> np.ndarray:
-    path, sha256, size, max_pixels = job
+def _decode_job(job: tuple[Path, Path, str, int, int]) -> np.ndarray:
+    root, relative, sha256, size, max_pixels = job
+    path = root / relative  # messages name the project-relative path, as the split lists it
     if not path.is_file():
         raise DataError(
-            f"{path} is listed in a split but missing: run `dvc pull` or `dvc repro ingest`"
+            f"{relative} is listed in a split but missing: run `dvc pull` or `dvc repro ingest`"
         )
     # Rows are keyed by the manifest's sha256; pixels of a file edited after ingest would be
     # cached under the old content's key and served to every later run.
     if sha256_file(path) != sha256:
         raise DataError(
-            f"{path} changed since ingest (its sha256 is not the manifest's): "
+            f"{relative} changed since ingest (its sha256 is not the manifest's): "
             "run `dvc repro ingest` (or `dvc checkout data/raw` to restore it)"
         )
     try:
         return decode_resized(path, size, max_pixels)
     except ImageRejected as exc:
         raise DataError(
-            f"{path}: {exc.reason}; it passed ingest, so the pool changed: re-run ingest"
+            f"{relative}: {exc.reason}; it passed ingest, so the pool changed: re-run ingest"
         ) from None
 
 

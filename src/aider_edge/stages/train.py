@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from aider_edge import atomic, layout, tracking
+from aider_edge.calibration import calibrated_blocks, fit_temperature, reliability_bins
 from aider_edge.config import Params
 from aider_edge.data.augment import normalize
 from aider_edge.data.cache import workspace_cache
@@ -120,6 +121,10 @@ def run(
         for block, (logits, labels) in scored.items():
             metrics[block] = classification_metrics(labels, logits.argmax(1), classes)
             metrics[block] |= probabilistic_metrics(labels, logits, classes)
+            metrics[block]["reliability"] = reliability_bins(labels, logits)
+        # Fitted on the validation split only; the test split is scored, never fitted on.
+        temperature = fit_temperature(*scored["val"])
+        metrics["calibration"] = calibrated_blocks(temperature, scored, list(classes))
         test_logits, test_labels = scored["test"]
         write_plots(out_dir, history, test_labels, test_logits.argmax(1), classes)
         atomic.write_json(out_dir / layout.RUN_METRICS, metrics)
