@@ -28,6 +28,7 @@ from aider_edge.calibration import calibrated_blocks, reliability_bins
 from aider_edge.config import MlflowConfig
 from aider_edge.errors import AiderEdgeError
 from aider_edge.metrics import classification_metrics, probabilistic_metrics
+from aider_edge.operating_point import operating_point
 from conftest import run_command, small_params
 
 CLASSES = ["collapsed_building", "fire", "flooded_areas", "traffic_incident", "normal"]
@@ -125,6 +126,7 @@ def _metrics_json(seed: int = 0) -> dict:
         "val": blocks["val"],
         "test": blocks["test"],
         "calibration": calibrated_blocks(1.7, scored, CLASSES),
+        "operating_point": operating_point(np.array([0.5, 0, 0, 0, -0.5]), scored, CLASSES),
     }
 
 
@@ -208,6 +210,10 @@ def test_tracked_run_records_params_tags_metrics_artifacts_model_and_input(
     assert m["temperature"] == pytest.approx(1.7)
     assert m["test_calibrated_ece"] == pytest.approx(metrics["calibration"]["test"]["ece"])
     assert m["val_calibrated_log_loss"] < m["val_log_loss"]
+    # the operating point: offsets fitted on val, and both splits' figures with them
+    assert m["offset.collapsed_building"] == 0.5 and m["offset.normal"] == -0.5
+    point = metrics["operating_point"]
+    assert m["test_adjusted_g_mean"] == pytest.approx(point["test"]["g_mean"])
     logged = mlflow.artifacts.download_artifacts(
         run_id=run.run_id,
         artifact_path="metrics.json",

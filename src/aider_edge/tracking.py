@@ -410,6 +410,9 @@ class RunTracker:
         calibration = metrics.get("calibration")
         if not isinstance(calibration, Mapping):
             calibration = {}
+        point = metrics.get("operating_point")
+        if not isinstance(point, Mapping):
+            point = {}
         for block, block_metrics in blocks.items():
             values: dict[str, float] = {}
             for key, value in block_metrics.items():
@@ -431,6 +434,13 @@ class RunTracker:
                     values[_key(f"{block}_calibrated_{key}")] = value
             if block == "val" and _is_number(calibration.get("temperature")):
                 values["temperature"] = calibration["temperature"]
+            # with the per-class logit offsets fitted on val: adjusted_* (argmax figures)
+            for key, value in (point.get(block) or {}).items():
+                if _is_number(value):
+                    values[_key(f"{block}_adjusted_{key}")] = value
+            if block == "val":
+                for cls, value in (point.get("offsets") or {}).items():
+                    values[_key(f"offset.{cls}")] = value
             mlflow.log_metrics(
                 {k: float(v) for k, v in values.items()},
                 step=self._next_step,

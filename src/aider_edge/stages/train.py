@@ -26,6 +26,7 @@ from aider_edge.digest import sha256_file
 from aider_edge.errors import ConfigError
 from aider_edge.metrics import classification_metrics, probabilistic_metrics
 from aider_edge.model import check_weights
+from aider_edge.operating_point import fit_logit_offsets, operating_point
 from aider_edge.progress import Progress, training_bar
 from aider_edge.summaries import run_summary
 from aider_edge.training import History, RunData, fit_summary, images_per_epoch, predict
@@ -125,6 +126,8 @@ def run(
         # Fitted on the validation split only; the test split is scored, never fitted on.
         temperature = fit_temperature(*scored["val"])
         metrics["calibration"] = calibrated_blocks(temperature, scored, list(classes))
+        offsets = fit_logit_offsets(*scored["val"], [derived["class_counts"][c] for c in classes])
+        metrics["operating_point"] = operating_point(offsets, scored, list(classes))
         test_logits, test_labels = scored["test"]
         write_plots(out_dir, history, test_labels, test_logits.argmax(1), classes)
         atomic.write_json(out_dir / layout.RUN_METRICS, metrics)
