@@ -161,3 +161,19 @@ def test_ece_by_hand_and_a_class_absent_from_the_split():
     alone = probabilistic_metrics([0, 0, 0], np.log(p), ["a", "b"])
     assert alone["roc_auc_macro"] is None
     assert alone["average_precision_per_class"]["b"] == 0.0
+
+
+def test_precision_recall_curves_are_interpolated_by_hand():
+    from aider_edge.metrics import RECALL_LEVELS, precision_recall_curves
+
+    # class "a" probabilities fall row by row; its images are rows 0 and 2
+    logits = np.log(np.array([[0.9, 0.1], [0.7, 0.3], [0.6, 0.4], [0.2, 0.8]]))
+    curves = precision_recall_curves(np.array([0, 1, 0, 1]), logits, ["a", "b"])
+    a = dict(zip(curves["a"]["recall"], curves["a"]["precision"], strict=True))
+    # ranks: hit (P 1, R .5), miss (.5, .5), hit (.667, 1), miss (.5, 1)
+    assert a[0.0] == 1.0 and a[0.5] == 1.0
+    assert a[0.55] == pytest.approx(2 / 3, abs=1e-6) and a[1.0] == pytest.approx(2 / 3, abs=1e-6)
+    assert curves["a"]["recall"] == list(RECALL_LEVELS)
+    # a class with no positive: precision 0 at every level
+    none = precision_recall_curves(np.array([0, 0]), np.zeros((2, 2)), ["a", "b"])
+    assert set(none["b"]["precision"]) == {0.0}

@@ -27,7 +27,11 @@ from aider_edge import atomic, lineage, tracking
 from aider_edge.calibration import calibrated_blocks, reliability_bins
 from aider_edge.config import MlflowConfig
 from aider_edge.errors import AiderEdgeError
-from aider_edge.metrics import classification_metrics, probabilistic_metrics
+from aider_edge.metrics import (
+    classification_metrics,
+    precision_recall_curves,
+    probabilistic_metrics,
+)
 from aider_edge.operating_point import operating_point
 from conftest import run_command, small_params
 
@@ -114,6 +118,7 @@ def _metrics_json(seed: int = 0) -> dict:
         name: classification_metrics(labels, logits.argmax(1), CLASSES)
         | probabilistic_metrics(labels, logits, CLASSES)
         | {"reliability": reliability_bins(labels, logits)}
+        | {"pr_curves": precision_recall_curves(labels, logits, CLASSES)}
         for name, (logits, labels) in scored.items()
     }
     return {
@@ -204,7 +209,7 @@ def test_tracked_run_records_params_tags_metrics_artifacts_model_and_input(
     assert {a.path for a in client.list_artifacts(run.run_id, "plots")} == {
         f"plots/{b}_{kind}.png"
         for b in ("val", "test")
-        for kind in ("confusion_matrix", "f1_per_class", "reliability")
+        for kind in ("confusion_matrix", "f1_per_class", "reliability", "pr_curves")
     }
     # temperature scaling: the fitted T and the figures after it, beside the raw ones
     assert m["temperature"] == pytest.approx(1.7)

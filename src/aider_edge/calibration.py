@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from aider_edge.metrics import ECE_BINS
+from aider_edge.metrics import ECE_BINS, confidence_bins
 
 T_MIN, T_MAX = 0.05, 20.0
 """The fitted temperature is kept in this range: a split without any uncertainty (every image
@@ -75,7 +75,7 @@ def reliability_bins(
     probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
     confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
     correct = predicted == labels
-    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    index = confidence_bins(confidence, bins)
     return [
         {
             "bin": round((b + 1) / bins, 6),

@@ -136,8 +136,7 @@ def probabilistic_metrics(
     defined = [a for a in aucs if a is not None]
     confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
     correct = (predicted == y_true).astype(np.float64)
-    # Bins (lo, hi] as scikit-learn's calibration tools and the usual ECE: 0 goes in the first.
-    bins = np.clip(np.ceil(confidence * ECE_BINS).astype(int) - 1, 0, ECE_BINS - 1)
+    bins = confidence_bins(confidence)
     ece = sum(
         abs(correct[bins == b].mean() - confidence[bins == b].mean()) * np.mean(bins == b)
         for b in range(ECE_BINS)
@@ -151,6 +150,53 @@ def probabilistic_metrics(
         "log_loss": float(-np.mean(log_probs[np.arange(y_true.size), y_true])),
         "ece": float(ece),
     }
+
+
+RECALL_LEVELS = tuple(round(i / 20, 2) for i in range(21))
+"""Recall levels at which a precision-recall curve is kept (0, 0.05, ..., 1)."""
+
+
+def precision_recall_curves(
+    y_true: Sequence[int] | np.ndarray, logits: np.ndarray, classes: Sequence[str]
+) -> dict[str, dict[str, list[float]]]:
+    """Per class, one-vs-rest on the softmax probability: the interpolated precision (the best
+    precision at any recall >= the level, as PASCAL VOC's curves) at each of
+    :data:`RECALL_LEVELS`; ``{class: {"recall": [...], "precision": [...]}}``. A class without a
+    positive gets precision 0 everywhere."""
+    logits = np.asarray(logits, dtype=np.float64)
+    y_true, _ = _check_labels(y_true, np.zeros(len(y_true), dtype=np.int64), classes)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    levels = np.asarray(RECALL_LEVELS)
+    curves = {}
+    for c, name in enumerate(classes):
+        positive = (y_true == c).astype(np.float64)
+        order = np.argsort(-probs[:, c], kind="mergesort")
+        score, hits = probs[order, c], positive[order]
+        last_of_tie = np.r_[np.flatnonzero(np.diff(score)), score.size - 1]
+        tps = np.cumsum(hits)[last_of_tie]
+        if score.size == 0 or tps[-1] == 0:
+            precision = np.zeros(levels.size)
+        else:
+            precision_at = tps / (last_of_tie + 1)
+            recall_at = tps / tps[-1]
+            # the best precision at a recall of at least each level
+            best_after = np.maximum.accumulate(precision_at[::-1])[::-1]
+            index = np.searchsorted(recall_at, levels - 1e-12, side="left")
+            precision = np.where(
+                index < recall_at.size, best_after[np.minimum(index, recall_at.size - 1)], 0.0
+            )
+        curves[name] = {
+            "recall": [float(v) for v in levels],
+            "precision": [round(float(v), 6) for v in precision],
+        }
+    return curves
+
+
+def confidence_bins(confidence: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """The bin index of each top-1 confidence: ``bins`` equal-width bins (lo, hi], as
+    scikit-learn's calibration tools and the usual ECE (0 goes in the first)."""
+    return np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
 
 
 def _average_precision(positive: np.ndarray, score: np.ndarray) -> float:

@@ -1,4 +1,5 @@
-"""Per-run figures: confusion matrix, per-class F1 and reliability of one evaluation split.
+"""Per-run figures: confusion matrix, per-class F1, reliability and precision-recall curves of one
+evaluation split.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly (Agg canvas), never through
 ``pyplot``: no global figure registry to leak into (``pyplot.get_fignums()`` stays empty), no
@@ -131,6 +132,27 @@ def reliability_figure(curves: Mapping[str, Sequence[Mapping[str, float]]], titl
     ax.set_ylabel("accuracy in the bin")
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def precision_recall_figure(
+    curves: Mapping[str, Mapping[str, Sequence[float]]], title: str
+) -> Figure:
+    """One interpolated precision-recall curve per class (one-vs-rest): what a rare class costs
+    in false alarms at each recall, which the argmax figures do not show."""
+    if not curves:
+        raise ValueError("no precision-recall curve to draw")
+    fig = _new_figure(5.6, 4.4)
+    ax = fig.add_subplot()
+    for name, curve in curves.items():
+        ax.plot(curve["recall"], curve["precision"], linewidth=1.4, label=_label(name))
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision (interpolated)")
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     return fig
 

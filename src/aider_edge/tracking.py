@@ -481,6 +481,10 @@ class RunTracker:
                 f"{run}: reliability ({block})",
             )
             plots.save_figure(fig, folder / f"{block}_reliability.png")
+        curves = block_metrics.get("pr_curves")
+        if isinstance(curves, Mapping) and curves:
+            fig = plots.precision_recall_figure(curves, f"{run}: precision-recall ({block})")
+            plots.save_figure(fig, folder / f"{block}_pr_curves.png")
         f1 = block_metrics.get("f1_per_class")
         matrix = block_metrics.get("confusion_matrix")
         if isinstance(f1, Mapping) and f1:

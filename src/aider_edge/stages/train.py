@@ -24,7 +24,11 @@ from aider_edge.data.provenance import SPLIT_FINGERPRINT, check_splits_current
 from aider_edge.device import device_info, training_device
 from aider_edge.digest import sha256_file
 from aider_edge.errors import ConfigError
-from aider_edge.metrics import classification_metrics, probabilistic_metrics
+from aider_edge.metrics import (
+    classification_metrics,
+    precision_recall_curves,
+    probabilistic_metrics,
+)
 from aider_edge.model import check_weights
 from aider_edge.operating_point import fit_logit_offsets, operating_point
 from aider_edge.progress import Progress, training_bar
@@ -123,6 +127,7 @@ def run(
             metrics[block] = classification_metrics(labels, logits.argmax(1), classes)
             metrics[block] |= probabilistic_metrics(labels, logits, classes)
             metrics[block]["reliability"] = reliability_bins(labels, logits)
+            metrics[block]["pr_curves"] = precision_recall_curves(labels, logits, classes)
         # Fitted on the validation split only; the test split is scored, never fitted on.
         temperature = fit_temperature(*scored["val"])
         metrics["calibration"] = calibrated_blocks(temperature, scored, list(classes))
