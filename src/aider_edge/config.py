@@ -387,8 +387,7 @@ class CbFocalLoss(_Section):
 
 
 FLAT_LOSS_KEYS = {
-    **{k: f"adaptive.{k}" for k in ("tau0", "lambda0", "tau_min", "tau_max")},
-    **{k: f"adaptive.{k}" for k in ("lambda_min", "lambda_max")},
+    **{k: f"adaptive.{k}" for k in AdaptiveLoss.model_fields},
     "la_tau": "logit_adjusted.tau",
     "ldam_max_margin": "ldam_drw.max_margin",
     "ldam_scale": "ldam_drw.scale",

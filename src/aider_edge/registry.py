@@ -189,15 +189,17 @@ def register_challenger(
             # Reopening the finished training run links the logged model to it (source_run_id).
             # Closing it again would stamp a new end time, and the run's duration would then
             # include export and validation: its own status and end time are put back.
+            example, figures = _registration_figures(params, root, onnx_path, classes)
             with mlflow.start_run(run_id=run_id):
                 info = _log_servable(
                     onnx_path,
                     classes,
                     metadata={"validation": _jsonable(validation), "onnx_metadata": meta},
-                    example=_example_image(params, root, onnx_path),
+                    example=example,
                 )
                 model_id = info.model_id
-                _log_test_figures(params, root, onnx_path, run_id, model_id)
+                if figures is not None:
+                    _log_test_figures(figures, root, run_id, model_id)
             if run.info.end_time is not None:
                 client.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
             created = client.create_model_version(
@@ -281,48 +283,50 @@ def _pins(*packages: str) -> list[str]:
     return [f"{name}=={version(name)}" for name in packages]
 
 
-def _example_image(params: Params, root: Path, onnx_path: Path) -> bytes | None:
-    """The first test image as the model sees it, PNG-encoded: a real input example, small."""
+def _registration_figures(
+    params: Params, root: Path, onnx_path: Path, classes: list[str]
+) -> tuple[bytes | None, dict[str, Any] | None]:
+    """One pass over ``data/splits/test.csv`` for a registration: the input example (the first
+    test image as the model sees it, PNG: real and small) and the model's test metric block.
+    The block is ``None`` when the model's classes are not ``data.classes`` (no figure on this
+    split describes it); both are ``None`` when the split cannot be read for this model."""
     import io
 
     from PIL import Image
 
-    from aider_edge.contract import classes_from_metadata
-    from aider_edge.data.cache import workspace_cache
+    from aider_edge.edge.latency import host_cores
     from aider_edge.edge.runtime import OnnxClassifier
+    from aider_edge.metrics import classification_metrics
 
-    test_csv = root / layout.TEST_SPLIT
-    if not test_csv.is_file():
-        return None
-    model = OnnxClassifier.from_file(onnx_path)
-    cache = workspace_cache(root, model.preprocessing.input_size, params.data)
+    model = OnnxClassifier.from_file(onnx_path, threads=host_cores())
+    comparable = sorted(classes) == sorted(params.data.classes)
     try:
-        split = cache.open_split(test_csv, classes_from_metadata(model.metadata))
-    except AiderEdgeError:  # other classes than the split's: the gate says so, not this
-        return None
+        split = _open_test_split(params, root, model, classes)
+    except AiderEdgeError as exc:
+        if comparable:  # registration stands; the gate scores (and says) again
+            log.warning("the registered model has no test figures: %s", exc)
+        return None, None
     if len(split) == 0:
-        return None
+        return None, None
     buffer = io.BytesIO()
     Image.fromarray(split.images(range(1))[0]).save(buffer, format="PNG")
-    return buffer.getvalue()
+    figures = (
+        classification_metrics(split.labels, model.logits(split.images()).argmax(axis=1), classes)
+        if comparable
+        else None
+    )
+    return buffer.getvalue(), figures
 
 
-def _log_test_figures(params: Params, root: Path, onnx_path: Path, run_id: str, model_id: str):
+def _log_test_figures(figures: Mapping[str, Any], root: Path, run_id: str, model_id: str) -> None:
     """The ONNX model's test figures as metrics of its logged model, linked to the test split,
     so the Models tab and the version page show what was registered."""
     import mlflow
 
     from aider_edge.summaries import SUMMARY_FIGURES
 
-    try:
-        scored = score_onnx(params, root, onnx_path)
-    except AiderEdgeError as exc:  # registration stands; the gate scores (and says) again
-        log.warning("the registered model has no test figures: %s", exc)
-        return
-    if scored is None:  # other classes than data.classes: no figure describes it here
-        return
     mlflow.log_metrics(
-        {f"{ONNX_TEST_PREFIX}{name}": float(scored[name]) for name in SUMMARY_FIGURES},
+        {f"{ONNX_TEST_PREFIX}{name}": float(figures[name]) for name in SUMMARY_FIGURES},
         run_id=run_id,
         model_id=model_id,
         dataset=tracking.split_dataset(root / layout.TEST_SPLIT, tracking.TEST_DATASET),
@@ -406,7 +410,6 @@ def test_split_logits(params: Params, root: Path, onnx_path: Path):
     exported at another resolution is scored as it would run on the drone.
     """
     from aider_edge.contract import ContractError, classes_from_metadata
-    from aider_edge.data.cache import workspace_cache
     from aider_edge.edge.latency import host_cores
     from aider_edge.edge.runtime import OnnxClassifier
 
@@ -418,12 +421,19 @@ def test_split_logits(params: Params, root: Path, onnx_path: Path):
         return None
     if sorted(classes) != sorted(params.data.classes):
         return None
-    test_csv = root / layout.TEST_SPLIT
+    split = _open_test_split(params, root, model, classes)
+    return model.logits(split.images()), split.labels, classes
+
+
+def _open_test_split(params: Params, root: Path, model, classes: list[str]):
+    """``data/splits/test.csv`` decoded at the model's input size, from the workspace cache."""
+    from aider_edge.data.cache import workspace_cache
+
+    test_csv = Path(root) / layout.TEST_SPLIT
     if not test_csv.is_file():
         raise RegistryError(f"{test_csv} is missing: run `dvc repro split` first")
     cache = workspace_cache(root, model.preprocessing.input_size, params.data)
-    split = cache.open_split(test_csv, classes)
-    return model.logits(split.images()), split.labels, classes
+    return cache.open_split(test_csv, classes)
 
 
 def score_onnx(params: Params, root: Path, onnx_path: Path) -> dict[str, Any] | None:
@@ -498,7 +508,6 @@ def serve_command(
 
     The store is the pipeline's (params.yaml, or ``MLFLOW_TRACKING_URI``); the alias is checked
     first, so a registry without a champion is one line, not a server that dies at start."""
-    import shutil
     import sys
 
     uri, client = connect(params, Path(root).resolve())

@@ -69,18 +69,18 @@ class ClassifierModel(PythonModel):
     """The exported classifier behind the pyfunc interface (see the module docstring)."""
 
     def load_context(self, context: Any) -> None:
+        from aider_edge.contract import classes_from_metadata
         from aider_edge.edge.runtime import OnnxClassifier
 
         self._classifier = OnnxClassifier.from_file(context.artifacts[ONNX_ARTIFACT])
+        self._classes = list(classes_from_metadata(self._classifier.metadata))
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        from aider_edge.contract import classes_from_metadata
         from aider_edge.edge.runtime import softmax
 
-        classifier = self._classifier
-        classes = list(classes_from_metadata(classifier.metadata))
+        classifier, classes = self._classifier, self._classes
         frame_rows, frames, tensor_rows, tensors = [], [], [], []
         for row, values in enumerate(_rows(model_input)):
             kind, value = _one_input(row, values)

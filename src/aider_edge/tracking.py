@@ -307,6 +307,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _scalars(values: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """The numeric entries of ``values`` as metrics ``<prefix><key>`` (lists, dicts, strings and
+    ``None`` are skipped)."""
+    return {_key(f"{prefix}{k}"): v for k, v in values.items() if _is_number(v)}
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -414,33 +420,21 @@ class RunTracker:
         if not isinstance(point, Mapping):
             point = {}
         for block, block_metrics in blocks.items():
-            values: dict[str, float] = {}
-            for key, value in block_metrics.items():
-                if _is_number(value):
-                    values[_key(f"{block}_{key}")] = value
+            values = _scalars(block_metrics, f"{block}_")
             per_class = (
                 ("f1_per_class", "f1"),
                 ("recall_per_class", "recall"),
                 ("average_precision_per_class", "ap"),
             )
             for source, name in per_class:
-                for cls, value in (block_metrics.get(source) or {}).items():
-                    if _is_number(value):
-                        values[_key(f"{block}_{name}.{cls}")] = value
-            # after temperature scaling (fitted on val): calibrated_* beside the raw figures
-            calibrated = calibration.get(block) or {}
-            for key, value in calibrated.items():
-                if _is_number(value):
-                    values[_key(f"{block}_calibrated_{key}")] = value
-            if block == "val" and _is_number(calibration.get("temperature")):
-                values["temperature"] = calibration["temperature"]
+                values |= _scalars(block_metrics.get(source) or {}, f"{block}_{name}.")
+            # after temperature scaling (fitted on val): calibrated_* beside the raw figures;
             # with the per-class logit offsets fitted on val: adjusted_* (argmax figures)
-            for key, value in (point.get(block) or {}).items():
-                if _is_number(value):
-                    values[_key(f"{block}_adjusted_{key}")] = value
-            if block == "val":
-                for cls, value in (point.get("offsets") or {}).items():
-                    values[_key(f"offset.{cls}")] = value
+            values |= _scalars(calibration.get(block) or {}, f"{block}_calibrated_")
+            values |= _scalars(point.get(block) or {}, f"{block}_adjusted_")
+            if block == "val":  # what was fitted, logged with the split it was fitted on
+                values |= _scalars({"temperature": calibration.get("temperature")}, "")
+                values |= _scalars(point.get("offsets") or {}, "offset.")
             mlflow.log_metrics(
                 {k: float(v) for k, v in values.items()},
                 step=self._next_step,
@@ -466,20 +460,12 @@ class RunTracker:
         run = f"{self.scenario}-{self.method}"
         raw_bins, scaled = block_metrics.get("reliability"), calibration.get(block) or {}
         if raw_bins:
-            fig = plots.reliability_figure(
-                {
-                    f"raw (ECE {block_metrics.get('ece', float('nan')):.3f})": raw_bins,
-                    **(
-                        {
-                            f"T = {calibration['temperature']:.2f} "
-                            f"(ECE {scaled.get('ece', float('nan')):.3f})": scaled["reliability"]
-                        }
-                        if scaled.get("reliability")
-                        else {}
-                    ),
-                },
-                f"{run}: reliability ({block})",
-            )
+            nan = float("nan")
+            reliability = {f"raw (ECE {block_metrics.get('ece', nan):.3f})": raw_bins}
+            if scaled.get("reliability"):
+                label = f"T = {calibration['temperature']:.2f} (ECE {scaled.get('ece', nan):.3f})"
+                reliability[label] = scaled["reliability"]
+            fig = plots.reliability_figure(reliability, f"{run}: reliability ({block})")
             plots.save_figure(fig, folder / f"{block}_reliability.png")
         curves = block_metrics.get("pr_curves")
         if isinstance(curves, Mapping) and curves:
